@@ -1,0 +1,35 @@
+// Queue contract shared by the API (producer) and the worker (consumer).
+// The database row is the source of truth for a job; the BullMQ job id equals the row's id.
+import { Queue, type ConnectionOptions, type JobsOptions } from 'bullmq';
+
+export const COMPRESSION_QUEUE = 'compression';
+
+export interface CompressionJobData {
+  jobId: string;
+  tenantId: string;
+}
+
+/** What the worker reports through job.updateProgress and the SSE stream. */
+export interface JobProgress {
+  stage: string;
+  done: number;
+  total: number;
+  /** 0..100 over the whole job */
+  percent: number;
+  message?: string;
+}
+
+export const defaultJobOptions: JobsOptions = {
+  attempts: 3,
+  backoff: { type: 'exponential', delay: 2000 },
+  removeOnComplete: { count: 1000 },
+  removeOnFail: { count: 5000 },
+};
+
+export function createCompressionQueue(connection: ConnectionOptions, prefix: string): Queue<CompressionJobData> {
+  return new Queue<CompressionJobData>(COMPRESSION_QUEUE, { connection, prefix, defaultJobOptions });
+}
+
+export async function enqueueCompressionJob(queue: Queue<CompressionJobData>, data: CompressionJobData): Promise<void> {
+  await queue.add('compress', data, { jobId: data.jobId });
+}
