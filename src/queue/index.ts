@@ -33,3 +33,20 @@ export function createCompressionQueue(connection: ConnectionOptions, prefix: st
 export async function enqueueCompressionJob(queue: Queue<CompressionJobData>, data: CompressionJobData): Promise<void> {
   await queue.add('compress', data, { jobId: data.jobId });
 }
+
+/**
+ * Redis pub/sub channel on which the API publishes the id of a job the user canceled; workers kill
+ * the engine of that job at once instead of waiting for their next database poll.
+ */
+export function cancelChannel(prefix: string): string {
+  return `${prefix}:cancel`;
+}
+
+/** Anything with ioredis' `publish` (the API's shared connection). */
+export interface Publisher {
+  publish(channel: string, message: string): Promise<number>;
+}
+
+export async function publishCancel(redis: Publisher, prefix: string, jobId: string): Promise<void> {
+  await redis.publish(cancelChannel(prefix), jobId);
+}

@@ -1,0 +1,84 @@
+// `npm run bench` / `make bench`: compress the paper's networks at its MACs reductions and measure them
+// with onnxruntime-node; writes BENCHMARKS.md (and the raw results as JSON beside it).
+//   --quick        ResNet-18 at 64×64, few runs: exercises every part of the harness in a minute (used by the tests)
+//   --out FILE     where to write the markdown (default: BENCHMARKS.md, or .cache/bench/BENCHMARKS.quick.md with --quick)
+//   --threads N    intra-op threads for onnxruntime (default 2)
+//   --work-dir D   compressed models and plans (default .cache/bench/work)
+//   --python P     interpreter with torch and onnx (default /usr/bin/python3)
+import { writeFile, mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { renderMarkdown, runBenchmarks, type BenchPlan, type SessionExperiment } from '../src/worker/bench.js';
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+const { values } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    out: { type: 'string' },
+    threads: { type: 'string', default: '2' },
+    'work-dir': { type: 'string' },
+    python: { type: 'string', default: '/usr/bin/python3' },
+  },
+});
+const quick = values.quick;
+const threads = Number(values.threads);
+if (!Number.isInteger(threads) || threads < 1) throw new Error(`--threads must be a positive integer, got ${values.threads}`);
+const out = path.resolve(values.out ?? (quick ? path.join(repoRoot, '.cache/bench/BENCHMARKS.quick.md') : path.join(repoRoot, 'BENCHMARKS.md')));
+const workDir = path.resolve(values['work-dir'] ?? path.join(repoRoot, '.cache/bench', quick ? 'work-quick' : 'work'));
+
+const variants = (t: number): SessionExperiment[] => [
+  { label: 'default (kept)', threads: t, graphOptimizationLevel: 'all', executionMode: 'sequential' },
+  { label: 'extended', threads: t, graphOptimizationLevel: 'extended', executionMode: 'sequential' },
+  { label: 'basic', threads: t, graphOptimizationLevel: 'basic', executionMode: 'sequential' },
+  { label: 'no graph optimisation', threads: t, graphOptimizationLevel: 'disabled', executionMode: 'sequential' },
+  { label: 'parallel execution', threads: t, graphOptimizationLevel: 'all', executionMode: 'parallel' },
+  { label: 'one thread', threads: 1, graphOptimizationLevel: 'all', executionMode: 'sequential' },
+];
+
+const command = `npm run bench --${quick ? ' --quick' : ''}${threads !== 2 ? ` --threads ${threads}` : ''}`;
+const plan: BenchPlan = quick
+  ? {
+    mode: 'quick',
+    command,
+    cases: [{ model: 'resnet18', inputSize: 64, rule: 'budget', targetMacsReduction: 2 }],
+    rules: { model: 'resnet18', inputSize: 64, targetMacsReduction: 2 },
+    experiments: { model: 'resnet18', inputSize: 64, targetMacsReduction: 2, variants: variants(threads).slice(0, 2) },
+    profile: { model: 'resnet18', inputSize: 64, targetMacsReduction: 2 },
+  }
+  : {
+    mode: 'full',
+    command,
+    // MACs reductions and speed-ups: Kim et al., ICLR 2016, Tables 1 and 2.
+    cases: [
+      { model: 'alexnet', inputSize: 224, rule: 'budget', targetMacsReduction: 2.67, paper: { macsReduction: 2.67, galaxyS6: 2.72, titanX: 1.81 } },
+      { model: 'vggs', inputSize: 224, rule: 'budget', targetMacsReduction: 4.8, paper: { macsReduction: 4.8, galaxyS6: 3.68, titanX: 2.01 } },
+      { model: 'vgg16', inputSize: 224, rule: 'budget', targetMacsReduction: 4.93, paper: { macsReduction: 4.93, galaxyS6: 3.34, titanX: 2.33 } },
+      { model: 'googlenet', inputSize: 224, rule: 'budget', targetMacsReduction: 2.06, paper: { macsReduction: 2.06, galaxyS6: 1.42, titanX: 1.23 } },
+      { model: 'resnet50', inputSize: 224, rule: 'budget', targetMacsReduction: 2 },
+      { model: 'resnet50', inputSize: 224, rule: 'budget', targetMacsReduction: 3 },
+    ],
+    rules: { model: 'alexnet', inputSize: 224, targetMacsReduction: 2.67 },
+    experiments: { model: 'vgg16', inputSize: 224, targetMacsReduction: 4.93, variants: variants(threads) },
+    profile: { model: 'vgg16', inputSize: 224, targetMacsReduction: 4.93 },
+  };
+
+const results = await runBenchmarks({
+  python: values.python,
+  repoRoot,
+  workDir,
+  baseEnv: process.env,
+  threads,
+  batch: quick ? 2 : 8,
+  runs: 20,
+  warmup: quick ? 1 : 3,
+  seed: 2016,
+  // The quick run reuses the engine tests' cached static-batch export; the full run needs batch 8.
+  dynamicBatch: !quick,
+  log: (line) => process.stderr.write(`${line}\n`),
+}, plan);
+await mkdir(path.dirname(out), { recursive: true });
+await writeFile(out, renderMarkdown(results));
+await writeFile(out.replace(/\.md$/, '') + '.json', JSON.stringify(results, null, 2));
+process.stderr.write(`[bench] wrote ${out}\n`);

@@ -1,0 +1,190 @@
+"""Tucker-2 / Tucker-1 / truncated SVD: exactness, recovery of planted ranks, optimality bounds."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tuckerize.errors import EngineInputError
+from tuckerize.tucker import svd_factors, tucker1, tucker2, unfold
+
+f64 = torch.float64
+
+
+def kernel(shape, seed, dtype=f64):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def planted_kernel(T, S, kh, kw, r_out, r_in, seed):
+    """A kernel of exact multilinear rank (r_out, r_in) in the channel modes."""
+    g = torch.Generator().manual_seed(seed)
+    core = torch.randn(r_out, r_in, kh, kw, generator=g, dtype=f64)
+    A = torch.randn(T, r_out, generator=g, dtype=f64)
+    B = torch.randn(S, r_in, generator=g, dtype=f64)
+    return torch.einsum("oihw,to,si->tshw", core, A, B)                     # (T, S, kh, kw)
+
+
+def rebuild2(f):
+    return torch.einsum("oihw,to,is->tshw", f.core, f.last[:, :, 0, 0], f.first[:, :, 0, 0])
+
+
+def tail_energy(A, r):
+    s = torch.linalg.svdvals(A)
+    return float((s[r:] ** 2).sum())
+
+
+def test_unfold_rows_are_the_mode_fibres():
+    W = kernel((4, 3, 2, 5), 0)
+    assert unfold(W, 0).shape == (4, 30)
+    assert unfold(W, 1).shape == (3, 40)
+    torch.testing.assert_close(unfold(W, 0)[2], W[2].reshape(-1), rtol=0, atol=0)
+    torch.testing.assert_close(unfold(W, 1)[1], W[:, 1].reshape(-1), rtol=0, atol=0)
+    with pytest.raises(EngineInputError, match="mode"):
+        unfold(W, 4)
+
+
+KERNELS = [(7, 5, 3, 3), (9, 3, 5, 5), (6, 11, 1, 7), (13, 4, 7, 1), (8, 3, 11, 11), (5, 5, 1, 1)]
+
+
+@pytest.mark.parametrize("shape", KERNELS)
+def test_full_rank_tucker2_is_exact(shape):
+    W = kernel(shape, 1)
+    f = tucker2(W, shape[0], shape[1])
+    assert f.first.shape == (shape[1], shape[1], 1, 1)
+    assert f.core.shape == shape
+    assert f.last.shape == (shape[0], shape[0], 1, 1)
+    assert f.rel_error < 1e-12
+    torch.testing.assert_close(rebuild2(f), W, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 0, 1), (2, 1, 1), (1, 2, 2), (3, (0, 2), 1)])
+@pytest.mark.parametrize("shape", [(7, 5, 3, 3), (6, 3, 1, 7), (5, 3, 7, 1)])
+def test_full_rank_chain_of_convolutions_equals_the_conv(shape, stride, padding, dilation):
+    W = kernel(shape, 2)
+    bias = kernel((shape[0],), 3)
+    x = kernel((2, shape[1], 17, 15), 4)
+    f = tucker2(W, shape[0], shape[1])
+    y = F.conv2d(x, W, bias, stride=stride, padding=padding, dilation=dilation)
+    z = F.conv2d(x, f.first)
+    z = F.conv2d(z, f.core, stride=stride, padding=padding, dilation=dilation)
+    z = F.conv2d(z, f.last, bias)
+    torch.testing.assert_close(z, y, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("T,S,kh,kw,r_out,r_in", [
+    (16, 12, 3, 3, 5, 4), (9, 7, 1, 7, 3, 2), (11, 13, 7, 1, 4, 6), (12, 3, 11, 11, 5, 2), (10, 10, 3, 3, 1, 1),
+])
+@pytest.mark.parametrize("n_iter", [0, 2])
+def test_planted_multilinear_rank_is_recovered(T, S, kh, kw, r_out, r_in, n_iter):
+    W = planted_kernel(T, S, kh, kw, r_out, r_in, seed=T + S)
+    f = tucker2(W, r_out, r_in, n_iter=n_iter)
+    assert f.core.shape == (r_out, r_in, kh, kw)
+    assert f.rel_error < 1e-10
+    torch.testing.assert_close(rebuild2(f), W, rtol=0, atol=1e-10 * float(W.abs().max()))
+
+
+@pytest.mark.parametrize("shape,r_out,r_in", [((24, 20, 3, 3), 8, 6), ((33, 17, 3, 3), 5, 9), ((16, 16, 5, 5), 3, 3)])
+def test_hooi_never_increases_the_error_and_respects_the_bounds(shape, r_out, r_in):
+    W = kernel(shape, 5)
+    errors = [tucker2(W, r_out, r_in, n_iter=n).rel_error for n in range(5)]
+    for before, after in zip(errors, errors[1:]):
+        assert after <= before + 1e-12
+    norm2 = float((W**2).sum())
+    tail_out = tail_energy(unfold(W, 0), r_out)
+    tail_in = tail_energy(unfold(W, 1), r_in)
+    # No Tucker-2 can beat the best rank-r_out fit of one unfolding; HOSVD is within the sum of tails.
+    assert errors[-1] ** 2 * norm2 >= max(tail_out, tail_in) * (1 - 1e-9)
+    assert errors[0] ** 2 * norm2 <= (tail_out + tail_in) * (1 + 1e-9)
+
+
+def test_factor_orthonormality():
+    f = tucker2(kernel((20, 12, 3, 3), 6), 7, 5)
+    U_in = f.first[:, :, 0, 0]                                              # (r_in, S)
+    U_out = f.last[:, :, 0, 0]                                              # (T, r_out)
+    torch.testing.assert_close(U_in @ U_in.T, torch.eye(5, dtype=f64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(U_out.T @ U_out, torch.eye(7, dtype=f64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape,r", [((16, 3, 11, 11), 6), ((9, 3, 3, 3), 9), ((7, 1, 7, 1), 2)])
+def test_tucker1_is_the_best_output_mode_fit(shape, r):
+    W = kernel(shape, 7)
+    f = tucker1(W, r)
+    assert f.core.shape == (r,) + shape[1:]
+    assert f.last.shape == (shape[0], r, 1, 1)
+    rebuilt = torch.einsum("oshw,to->tshw", f.core, f.last[:, :, 0, 0])
+    err = math.sqrt(tail_energy(unfold(W, 0), r) / float((W**2).sum()))
+    assert f.rel_error == pytest.approx(err, rel=1e-9, abs=1e-13)
+    assert float(torch.linalg.norm(W - rebuilt) / torch.linalg.norm(W)) == pytest.approx(f.rel_error, rel=1e-9, abs=1e-13)
+
+
+@pytest.mark.parametrize("shape,r", [((30, 50), 7), ((50, 30), 30), ((1, 9), 1), ((9, 1), 1), ((64, 64), 1)])
+def test_svd_factors_meet_eckart_young(shape, r):
+    M = kernel(shape, 8)
+    f = svd_factors(M, r)
+    assert f.first.shape == (r, shape[1])
+    assert f.second.shape == (shape[0], r)
+    s = torch.linalg.svdvals(M)
+    err = math.sqrt(float((s[r:] ** 2).sum() / (s**2).sum()))
+    assert f.rel_error == pytest.approx(err, rel=1e-9, abs=1e-13)
+    U, s, Vh = torch.linalg.svd(M, full_matrices=False)
+    best = U[:, :r] @ torch.diag(s[:r]) @ Vh[:r]
+    torch.testing.assert_close(f.second @ f.first, best, rtol=0, atol=1e-12)
+
+
+def test_svd_factors_split_the_singular_values_evenly():
+    M = kernel((20, 35), 10)
+    f = svd_factors(M, 6)
+    s = torch.linalg.svdvals(M)[:6]
+    torch.testing.assert_close(torch.linalg.norm(f.first, dim=1), s.sqrt(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.linalg.norm(f.second, dim=0), s.sqrt(), rtol=1e-12, atol=0)
+
+
+def test_svd_factors_full_rank_is_exact():
+    M = kernel((12, 17), 11)
+    f = svd_factors(M, 12)
+    torch.testing.assert_close(f.second @ f.first, M, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtype_is_preserved(dtype):
+    W = kernel((8, 6, 3, 3), 12, dtype)
+    for t in tucker2(W, 4, 3)[:3] + tucker1(W, 4)[:2] + svd_factors(W.reshape(8, -1), 3)[:2]:
+        assert t.dtype == dtype
+
+
+def test_float32_full_rank_within_float32_rounding():
+    W = kernel((32, 16, 3, 3), 13, torch.float32)
+    f = tucker2(W, 32, 16)
+    torch.testing.assert_close(rebuild2(f), W, rtol=0, atol=1e-5)
+
+
+def test_zero_kernel_has_zero_error():
+    f = tucker2(torch.zeros(4, 3, 3, 3, dtype=f64), 2, 2)
+    assert f.rel_error == 0.0
+    assert torch.count_nonzero(f.core) == 0
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda W: tucker2(W, 0, 2), r"1 <= r_out <= 7, got 0"),
+    (lambda W: tucker2(W, 8, 2), r"1 <= r_out <= 7, got 8"),
+    (lambda W: tucker2(W, 3, 6), r"1 <= r_in <= 5, got 6"),
+    (lambda W: tucker2(W, 2.5, 2), r"r_out must be an integer"),
+    (lambda W: tucker2(W, 2, 2, n_iter=-1), r"n_iter"),
+    (lambda W: tucker1(W, 9), r"1 <= r_out <= 7, got 9"),
+    (lambda W: svd_factors(W.reshape(7, -1), 8), r"1 <= r <= 7, got 8"),
+    (lambda W: tucker2(W[0], 1, 1), r"4-D conv kernel"),
+    (lambda W: svd_factors(W, 1), r"2-D weight matrix"),
+    (lambda W: tucker2(W.to(torch.int64), 1, 1), r"floating-point"),
+])
+def test_invalid_arguments_state_the_rule_and_value(call, match):
+    with pytest.raises(EngineInputError, match=match):
+        call(kernel((7, 5, 3, 3), 14))
+
+
+def test_non_finite_kernels_are_refused():
+    W = kernel((4, 3, 3, 3), 15)
+    W[1, 2, 0, 0] = float("nan")
+    with pytest.raises(EngineInputError, match="NaN/Inf"):
+        tucker2(W, 2, 2)
+    with pytest.raises(EngineInputError, match="NaN/Inf"):
+        svd_factors(W.reshape(4, -1), 2)

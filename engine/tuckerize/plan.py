@@ -1,0 +1,492 @@
+"""Per-layer compression plans: which decomposition, at which ranks, and what it saves.
+
+A plan is pure data (JSON round-trip) computed from the model's weights and shapes; surgery.py
+carries it out. Rank rules:
+  vbmf   — the paper's: EVBMF rank of the mode-0 unfolding (→ r_out) and of the mode-1 unfolding
+           (→ r_in) of a k×k conv; one EVBMF on the matrix of an FC layer or 1×1 conv;
+  ratio  — every rank = ceil(ratio · dim);
+  budget — weakened EVBMF ranks r = r_full − w·(r_full − r_evbmf) with w searched so the whole
+           model's MACs (or params) land at the target fraction of the original;
+  strength (with vbmf) — the same weakening at a given w ∈ (0, 1] (MUSCO, Gusak et al. 2019).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from .errors import EngineInputError
+from .metrics import graph_metrics
+from .onnx_graph import Layer, constant_tensors, find_layers, infer_shapes, resolve_input_shapes
+from .vbmf import evbmf, evbmf_spectrum
+
+RULES = ("vbmf", "ratio", "budget", "latency")
+KINDS = ("tucker2", "tucker1", "svd", "keep")
+# A k×k conv with at most this many input channels gets Tucker-1: an input rank below 4 saves
+# almost nothing and the first 1×1 conv would run at full input resolution (the RGB/grey stem).
+TUCKER1_MAX_IN_CHANNELS = 4
+# The budget rule searches the weakening strength w over [0, W_MAX]; w > 1 goes below the EVBMF
+# ranks (towards rank 1) for targets EVBMF alone does not reach.
+BUDGET_W_MAX = 8.0
+BUDGET_TOLERANCE = 0.02
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass
+class LayerPlan:
+    name: str
+    op: str
+    kind: str                         # tucker2 | tucker1 | svd | keep
+    ranks: list[int]                  # tucker2: [r_out, r_in]; tucker1: [r_out]; svd: [r]; keep: []
+    weight: Optional[str] = None
+    weight_shape: Optional[list[int]] = None
+    input_shape: Optional[list] = None
+    output_shape: Optional[list] = None
+    evbmf: Optional[dict] = None      # {"out"/"in"/"matrix": {"rank", "sigma2", "threshold", "dim"}}
+    reason: Optional[str] = None
+    params_before: int = 0
+    params_after: int = 0
+    macs_before: Optional[int] = None
+    macs_after: Optional[int] = None
+    rel_error: Optional[float] = None  # filled in by surgery: ‖W − Ŵ‖/‖W‖
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "op": self.op, "kind": self.kind, "ranks": list(self.ranks),
+            "weight": self.weight, "weightShape": self.weight_shape,
+            "inputShape": self.input_shape, "outputShape": self.output_shape,
+            "evbmf": self.evbmf, "reason": self.reason,
+            "params": {"before": self.params_before, "after": self.params_after},
+            "macs": {"before": self.macs_before, "after": self.macs_after},
+            "relError": self.rel_error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LayerPlan":
+        try:
+            kind = data["kind"]
+            if kind not in KINDS:
+                raise EngineInputError(f"plan layer {data.get('name')!r}: kind {kind!r} is not one of {KINDS}")
+            return cls(
+                name=str(data["name"]), op=str(data["op"]), kind=kind, ranks=[int(r) for r in data["ranks"]],
+                weight=data.get("weight"), weight_shape=data.get("weightShape"),
+                input_shape=data.get("inputShape"), output_shape=data.get("outputShape"),
+                evbmf=data.get("evbmf"), reason=data.get("reason"),
+                params_before=int(data["params"]["before"]), params_after=int(data["params"]["after"]),
+                macs_before=data["macs"]["before"], macs_after=data["macs"]["after"],
+                rel_error=data.get("relError"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EngineInputError(f"plan layer entry is malformed ({exc!r}): {json.dumps(data)[:200]}") from exc
+
+
+@dataclass
+class Plan:
+    rule: str
+    options: dict
+    input_shape: list[int]
+    layers: list[LayerPlan]
+    totals: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"rule": self.rule, "options": self.options, "inputShape": self.input_shape,
+                "layers": [layer.to_dict() for layer in self.layers], "totals": self.totals}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Plan":
+        try:
+            return cls(rule=str(data["rule"]), options=dict(data.get("options") or {}),
+                       input_shape=[int(d) for d in data["inputShape"]],
+                       layers=[LayerPlan.from_dict(entry) for entry in data["layers"]],
+                       totals=dict(data.get("totals") or {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EngineInputError(f"plan is malformed: missing or bad field {exc}") from exc
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise EngineInputError(f"plan is not valid JSON: {exc}") from exc
+
+    def layer(self, name: str) -> LayerPlan:
+        for entry in self.layers:
+            if entry.name == name:
+                return entry
+        raise KeyError(name)
+
+    def rewritten(self) -> list[LayerPlan]:
+        return [entry for entry in self.layers if entry.kind != "keep"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Costs of a layer before and after a rewrite (per image, biases counted as params).
+
+def _spatial(shape) -> Optional[int]:
+    if shape is None or len(shape) < 3 or any(d is None for d in shape[2:]):
+        return None
+    return math.prod(shape[2:])
+
+
+def _rows_per_image(layer: Layer) -> Optional[int]:
+    """How many input rows one image pushes through a Gemm/MatMul (1 for a classifier head)."""
+    out = layer.output_shape
+    if out is None or any(d is None for d in out):
+        return None
+    if len(out) == 1:
+        return 1
+    return math.prod(out[1:-1]) if len(out) > 2 else 1
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    # Arrays read from protobuf bytes are read-only; torch wants to own writable memory.
+    return array if array.flags.writeable else array.copy()
+
+
+def _bias_params(layer: Layer, constants: dict) -> int:
+    if layer.bias is None or layer.bias not in constants:
+        return 0
+    return math.prod(constants[layer.bias].dims)
+
+
+def layer_costs(layer: Layer, kind: str, ranks: Sequence[int], bias_params: int) -> tuple[int, Optional[int]]:
+    """(params, MACs per image) of the layer rewritten as `kind` at `ranks` (kind 'keep' = original)."""
+    if layer.op == "Conv":
+        T, S, kh, kw = layer.weight_shape
+        out_hw = _spatial(layer.output_shape)
+        in_hw = _spatial(layer.input_shape)
+        if kind == "keep":
+            params = T * S * kh * kw
+            macs = None if out_hw is None else out_hw * T * S * kh * kw
+        elif kind == "tucker2":
+            r_out, r_in = ranks
+            params = S * r_in + r_in * r_out * kh * kw + r_out * T
+            # The first 1×1 conv runs at the input's resolution, before the core's stride.
+            macs = None if out_hw is None or in_hw is None else (
+                in_hw * S * r_in + out_hw * (r_in * r_out * kh * kw + r_out * T))
+        elif kind == "tucker1":
+            (r_out,) = ranks
+            params = S * r_out * kh * kw + r_out * T
+            macs = None if out_hw is None else out_hw * (S * r_out * kh * kw + r_out * T)
+        elif kind == "svd":
+            (r,) = ranks
+            params = S * r + r * T
+            macs = None if out_hw is None else out_hw * (S * r + r * T)
+        else:
+            raise ValueError(kind)
+        return params + bias_params, macs
+    out_dim, in_dim = layer.matrix_shape
+    rows = _rows_per_image(layer)
+    if kind == "keep":
+        per_row = out_dim * in_dim
+    elif kind == "svd":
+        (r,) = ranks
+        per_row = r * (in_dim + out_dim)
+    else:
+        raise ValueError(f"{kind} does not apply to {layer.op}")
+    return per_row + bias_params, None if rows is None else rows * per_row
+
+
+# ---------------------------------------------------------------------------------------------
+# Rank selection
+
+def layer_kind(layer: Layer, tucker1_max_in_channels: int = TUCKER1_MAX_IN_CHANNELS) -> str:
+    if not layer.eligible:
+        return "keep"
+    if layer.op != "Conv" or layer.is_pointwise:
+        return "svd"
+    return "tucker1" if layer.weight_shape[1] <= tucker1_max_in_channels else "tucker2"
+
+
+def unfoldings(kind: str, weight: torch.Tensor, layer: Layer) -> dict[str, torch.Tensor]:
+    """The matrices whose ranks a decomposition of this kind needs (as views, no copies)."""
+    if kind in ("tucker2", "tucker1"):
+        T, S = weight.shape[:2]
+        return {"out": weight.reshape(T, -1), "in": weight.transpose(0, 1).reshape(S, -1)}
+    if layer.op == "Conv":
+        return {"matrix": weight.reshape(weight.shape[0], weight.shape[1])}
+    if layer.op == "Gemm":
+        return {"matrix": weight if layer.trans_b else weight.T}
+    return {"matrix": weight.T}  # MatMul: x·W with W (in, out)
+
+
+def rank_bounds(kind: str, layer: Layer) -> list[int]:
+    """Largest meaningful rank per factor: beyond it the decomposition is already exact."""
+    if kind == "tucker2":
+        T, S, kh, kw = layer.weight_shape
+        return [min(T, S * kh * kw), min(S, T * kh * kw)]
+    if kind == "tucker1":
+        T, S, kh, kw = layer.weight_shape
+        return [min(T, S * kh * kw)]
+    out_dim, in_dim = layer.matrix_shape
+    return [min(out_dim, in_dim)]
+
+
+_UNFOLDING_NAMES = {"out": "output (mode-0) unfolding", "in": "input (mode-1) unfolding",
+                    "matrix": "weight matrix"}
+
+
+def _rank_keys(kind: str) -> list[str]:
+    return {"tucker2": ["out", "in"], "tucker1": ["out"], "svd": ["matrix"]}[kind]
+
+
+def weakened_rank(full: int, evbmf_rank: int, strength: float) -> int:
+    """r = r_full − w·(r_full − r_evbmf), rounded up so that w = 1 gives exactly the EVBMF rank."""
+    return int(math.ceil(full - strength * (full - evbmf_rank) - 1e-9))
+
+
+def round_rank(rank: int, multiple: Optional[int], bound: int) -> int:
+    """Round up to a multiple of `multiple` (hardware-friendly widths), never beyond the bound."""
+    if not multiple or multiple <= 1 or rank <= 0:
+        return rank
+    return min(bound, int(math.ceil(rank / multiple)) * multiple)
+
+
+def _evbmf_layer(layer: Layer, matrices: dict[str, torch.Tensor], timings: Optional[dict]) -> dict:
+    info = {}
+    for key, matrix in matrices.items():
+        label = f"layer {layer.name!r} ({layer.op}, {key} unfolding {list(matrix.shape)})"
+        start = time.perf_counter()
+        result = evbmf(matrix, name=label)
+        elapsed = time.perf_counter() - start
+        if timings is not None:
+            # Re-running the σ² search on the same spectrum measures its share of evbmf's time.
+            start = time.perf_counter()
+            L, M = matrix.shape
+            energy = float(matrix.double().pow(2).sum())
+            residual = max(energy - float(np.sum(result.singular_values ** 2)), 0.0) \
+                if result.singular_values.size < min(L, M) else 0.0
+            evbmf_spectrum(result.singular_values, L, M, residual, name=label)
+            sigma_seconds = time.perf_counter() - start
+            timings["sigma2"] = timings.get("sigma2", 0.0) + sigma_seconds
+            timings["svd"] = timings.get("svd", 0.0) + max(elapsed - sigma_seconds, 0.0)
+        info[key] = {"rank": int(result.rank), "sigma2": float(result.sigma2),
+                     "threshold": float(result.threshold), "dim": int(min(matrix.shape))}
+    return info
+
+
+@dataclass
+class _Candidate:
+    """What the rank rules need of one eligible layer, computed once."""
+    layer: Layer
+    kind: str
+    bounds: list[int]
+    bias_params: int
+    evbmf: Optional[dict]
+
+
+def _ranks_for(candidate: _Candidate, rule: str, ratio: Optional[float], strength: Optional[float],
+               floor_one: bool = False) -> tuple[list[int], Optional[str]]:
+    """Ranks of one layer under a rule, or ([], reason) when the rule says keep."""
+    kind, bounds = candidate.kind, candidate.bounds
+    keys = _rank_keys(kind)
+    if rule == "ratio":
+        dims = _dims(candidate.layer, kind)
+        return [max(1, min(b, int(math.ceil(ratio * d - 1e-9)))) for d, b in zip(dims, bounds)], None
+    ranks = []
+    for key, bound in zip(keys, bounds):
+        entry = candidate.evbmf[key]
+        rank = min(entry["rank"], bound)
+        if strength is not None:
+            rank = weakened_rank(bound, rank, strength)
+        if floor_one:
+            rank = max(1, rank)
+        if rank <= 0:
+            return [], (f"EVBMF rank 0 on the {_UNFOLDING_NAMES[key]} (σ²={entry['sigma2']:.3g}): no "
+                        "component stands out of the noise, so the layer is kept")
+        ranks.append(min(rank, bound))
+    return ranks, None
+
+
+def _dims(layer: Layer, kind: str) -> list[int]:
+    if kind == "tucker2":
+        return [layer.weight_shape[0], layer.weight_shape[1]]
+    if kind == "tucker1":
+        return [layer.weight_shape[0]]
+    return [min(layer.matrix_shape)]
+
+
+def _plan_layer(candidate: _Candidate, rule: str, ratio, strength, round_to, force,
+                floor_one: bool = False) -> LayerPlan:
+    layer = candidate.layer
+    entry = _base_entry(layer, candidate.bias_params)
+    entry.evbmf = candidate.evbmf
+    ranks, reason = _ranks_for(candidate, rule, ratio, strength, floor_one)
+    if reason is not None:
+        entry.reason = reason
+        return entry
+    ranks = [round_rank(r, round_to, b) for r, b in zip(ranks, candidate.bounds)]
+    params, macs = layer_costs(layer, candidate.kind, ranks, candidate.bias_params)
+    shrinks = params < entry.params_before and (macs is None or entry.macs_before is None
+                                                 or macs < entry.macs_before)
+    if not shrinks and not force:
+        entry.reason = (f"{candidate.kind} at ranks {ranks} would not shrink both params "
+                        f"({entry.params_before} → {params}) and MACs ({entry.macs_before} → {macs}); "
+                        "kept (force=True rewrites it anyway)")
+        return entry
+    entry.kind, entry.ranks = candidate.kind, ranks
+    entry.params_after, entry.macs_after = params, macs
+    entry.reason = None if shrinks else "forced: the rewrite does not shrink this layer"
+    return entry
+
+
+def _base_entry(layer: Layer, bias_params: int) -> LayerPlan:
+    """A 'keep' entry carrying the layer's description and original costs."""
+    entry = LayerPlan(
+        name=layer.name, op=layer.op, kind="keep", ranks=[], weight=layer.weight,
+        weight_shape=list(layer.weight_shape) if layer.weight_shape else None,
+        input_shape=list(layer.input_shape) if layer.input_shape is not None else None,
+        output_shape=list(layer.output_shape) if layer.output_shape is not None else None,
+        reason=layer.reason)
+    if layer.eligible:
+        params, macs = layer_costs(layer, "keep", [], bias_params)
+        entry.params_before = entry.params_after = params
+        entry.macs_before = entry.macs_after = macs
+    elif layer.weight_shape is not None:
+        entry.params_before = entry.params_after = math.prod(layer.weight_shape) + bias_params
+    return entry
+
+
+def _totals(layers: list[LayerPlan], params_before: int, macs_before: int) -> dict:
+    params_after = params_before - sum(e.params_before - e.params_after for e in layers if e.kind != "keep")
+    macs_after = macs_before - sum((e.macs_before or 0) - (e.macs_after or 0) for e in layers if e.kind != "keep")
+    return {
+        "params": {"before": params_before, "after": params_after,
+                   "ratio": params_after / params_before if params_before else None},
+        "macs": {"before": macs_before, "after": macs_after,
+                 "ratio": macs_after / macs_before if macs_before else None},
+    }
+
+
+def _validate_options(rule, ratio, strength, target_macs, target_params, round_to):
+    if rule not in RULES:
+        raise EngineInputError(f"rule {rule!r} is not one of vbmf, ratio, budget")
+    if rule == "latency":
+        raise EngineInputError(
+            "rule 'latency' needs per-layer timings from onnxruntime and is not available in this engine "
+            "build; use rule 'budget' with targetMacs instead")
+    if rule == "ratio":
+        if ratio is None:
+            raise EngineInputError("rule 'ratio' needs a ratio in (0, 1], e.g. --ratio 0.5")
+        if not (isinstance(ratio, (int, float)) and 0 < ratio <= 1):
+            raise EngineInputError(f"ratio must be in (0, 1], got {ratio!r}")
+    if strength is not None and not (isinstance(strength, (int, float)) and 0 < strength <= 1):
+        raise EngineInputError(f"strength must be in (0, 1], got {strength!r}")
+    for label, target in (("targetMacs", target_macs), ("targetParams", target_params)):
+        if target is not None and not (isinstance(target, (int, float)) and 0 < target < 1):
+            raise EngineInputError(f"{label} is the fraction of the original to keep, in (0, 1); got {target!r}")
+    if rule == "budget":
+        if (target_macs is None) == (target_params is None):
+            raise EngineInputError("rule 'budget' needs exactly one of targetMacs or targetParams (a fraction in (0, 1))")
+        if strength is not None:
+            raise EngineInputError("rule 'budget' chooses the strength itself; drop strength")
+    elif target_macs is not None or target_params is not None:
+        raise EngineInputError(f"targetMacs/targetParams need rule 'budget' (rule is {rule!r})")
+    if round_to is not None and not (isinstance(round_to, int) and round_to >= 1):
+        raise EngineInputError(f"roundTo must be a positive integer, got {round_to!r}")
+
+
+def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = None, rule: str = "vbmf",
+              ratio: Optional[float] = None, force: bool = False, strength: Optional[float] = None,
+              round_to: Optional[int] = None, target_macs: Optional[float] = None,
+              target_params: Optional[float] = None,
+              tucker1_max_in_channels: int = TUCKER1_MAX_IN_CHANNELS, with_evbmf: Optional[bool] = None,
+              progress: Optional[ProgressFn] = None, timings: Optional[dict] = None,
+              shapes: Optional[dict] = None, layers: Optional[list[Layer]] = None) -> Plan:
+    """Plan every Conv/Gemm/MatMul of the model.
+
+    with_evbmf: compute EVBMF ranks also for rule 'ratio' (analyze shows them); default only when
+    the rule needs them. progress(done, total, layer_name) is called after each layer's analysis.
+    timings (a dict) accumulates seconds under 'svd' and 'sigma2' when given.
+    """
+    _validate_options(rule, ratio, strength, target_macs, target_params, round_to)
+    fixed = resolve_input_shapes(model, input_shape)
+    if shapes is None:
+        shapes = infer_shapes(model, input_shape)
+    if layers is None:
+        layers = find_layers(model, input_shape, shapes=shapes)
+    metrics = graph_metrics(model, shapes=shapes)
+    constants = constant_tensors(model)
+    need_evbmf = rule != "ratio" if with_evbmf is None else (with_evbmf or rule != "ratio")
+
+    candidates: list[Optional[_Candidate]] = []
+    for done, layer in enumerate(layers, start=1):
+        bias_params = _bias_params(layer, constants)
+        kind = layer_kind(layer, tucker1_max_in_channels)
+        if kind == "keep":
+            candidates.append(None)
+        else:
+            info = None
+            if need_evbmf:
+                weight = torch.from_numpy(_writable(numpy_helper.to_array(constants[layer.weight])))
+                info = _evbmf_layer(layer, unfoldings(kind, weight, layer), timings)
+            candidates.append(_Candidate(layer, kind, rank_bounds(kind, layer), bias_params, info))
+        if progress is not None:
+            progress(done, len(layers), layer.name)
+
+    def plan_at(strength_value, floor_one=False) -> list[LayerPlan]:
+        entries = []
+        for layer, candidate in zip(layers, candidates):
+            if candidate is None:
+                entries.append(_base_entry(layer, _bias_params(layer, constants)))
+            else:
+                entries.append(_plan_layer(candidate, "ratio" if rule == "ratio" else "vbmf", ratio,
+                                           strength_value, round_to, force, floor_one))
+        return entries
+
+    options = {"ratio": ratio, "strength": strength, "roundTo": round_to, "force": force,
+               "targetMacs": target_macs, "targetParams": target_params}
+    if rule == "budget":
+        entries, achieved_strength = _search_budget(plan_at, metrics, target_macs, target_params)
+        options["achievedStrength"] = achieved_strength
+    else:
+        entries = plan_at(strength)
+    totals = _totals(entries, metrics.params, metrics.macs)
+    if rule == "budget":
+        key, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
+        totals["target"] = {"metric": key, "ratio": target, "achieved": totals[key]["ratio"]}
+    first_input = next(iter(fixed.values()))
+    return Plan(rule=rule, options={k: v for k, v in options.items() if v is not None and v is not False}
+                | {"force": bool(force)}, input_shape=list(first_input), layers=entries, totals=totals)
+
+
+def _search_budget(plan_at, metrics, target_macs, target_params):
+    """Bisection on the weakening strength w: the achieved ratio falls (weakly) as w grows."""
+    key, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
+    before = metrics.macs if key == "macs" else metrics.params
+
+    def achieved(w: float) -> tuple[float, list[LayerPlan]]:
+        entries = plan_at(w, floor_one=True)
+        return _totals(entries, metrics.params, metrics.macs)[key]["ratio"], entries
+
+    lowest, entries_lowest = achieved(BUDGET_W_MAX)
+    if lowest > target * (1 + BUDGET_TOLERANCE):
+        raise EngineInputError(
+            f"target{key.capitalize()} {target} is out of reach: even rank-1 factors leave {lowest:.4f} of the "
+            f"original {key} ({before}); layers that are kept (depthwise, non-shrinking, ...) bound it. "
+            f"Ask for at least {lowest:.3f}")
+    lo, hi = 0.0, BUDGET_W_MAX  # ratio(lo) ≥ target ≥ ratio(hi)
+    best_w, best_ratio, best_entries = BUDGET_W_MAX, lowest, entries_lowest
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        ratio_mid, entries_mid = achieved(mid)
+        if abs(ratio_mid - target) < abs(best_ratio - target) or (
+                abs(ratio_mid - target) == abs(best_ratio - target) and mid < best_w):
+            best_w, best_ratio, best_entries = mid, ratio_mid, entries_mid
+        if ratio_mid > target:
+            lo = mid
+        else:
+            hi = mid
+        if abs(best_ratio - target) <= BUDGET_TOLERANCE * target * 0.25 or hi - lo < 1e-6:
+            break
+    return best_entries, best_w

@@ -1,0 +1,371 @@
+"""The `run JOB.json` pipeline the service's worker spawns.
+
+Stages, in order: analyze, plan, rewrite, finetune (only with options.finetune), evaluate, write.
+stdout carries one JSON object per line (progress, log, result) and nothing else; compressed.onnx,
+plan.json and report.json land atomically in outputDir. The rewritten model and its plan are also
+checkpointed in workDir, keyed by the input's hash and the options, so a retried job skips straight
+to fine-tuning.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from typing import Callable, Optional
+
+from .cli import EXIT_OK, atomic_write_bytes, atomic_write_json
+from .errors import EngineInputError
+
+STAGES = ("analyze", "plan", "rewrite", "finetune", "evaluate", "write")
+OPTION_KEYS = {"rule", "ratio", "strength", "targetMacs", "targetParams", "targetLatency", "roundTo", "force",
+               "inputShape", "finetune"}
+# Bumped when the rewrite of the same input and options would produce a different model.
+CHECKPOINT_VERSION = 1
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+Emit = Callable[[dict], None]
+
+
+class JobTerminated(BaseException):
+    """SIGTERM arrived: unwind (temp files are removed on the way) and exit promptly."""
+
+
+def json_lines_emitter(stream=None) -> Emit:
+    def emit(event: dict) -> None:
+        out = stream if stream is not None else sys.stdout
+        out.write(json.dumps(event, allow_nan=False) + "\n")
+        out.flush()
+    return emit
+
+
+def _require(job: dict, key: str, kind, what: str):
+    if key not in job:
+        raise EngineInputError(f"job.json: missing field {key!r} ({what})")
+    value = job[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise EngineInputError(f"job.json: field {key!r} must be {what}, got {json.dumps(value)[:80]}")
+    return value
+
+
+def _absolute_path(job: dict, key: str) -> str:
+    value = _require(job, key, str, "an absolute path")
+    if not os.path.isabs(value):
+        raise EngineInputError(f"job.json: field {key!r} must be an absolute path, got {value!r}")
+    return value
+
+
+def read_job(path: str) -> dict:
+    """Parse and validate job.json; every complaint names the field and what it should be."""
+    try:
+        with open(path, "rb") as handle:
+            job = json.loads(handle.read().decode("utf-8"))
+    except FileNotFoundError:
+        raise EngineInputError(f"job file {path!r} does not exist")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EngineInputError(f"job file {path!r} is not valid JSON: {exc}")
+    if not isinstance(job, dict):
+        raise EngineInputError(f"job file {path!r} must hold a JSON object, got {type(job).__name__}")
+    _require(job, "jobId", str, "a string")
+    _absolute_path(job, "model")
+    _absolute_path(job, "outputDir")
+    _absolute_path(job, "workDir")
+    dataset = job.get("dataset")
+    if dataset is not None:
+        if not isinstance(dataset, str):
+            raise EngineInputError(f"job.json: field 'dataset' must be null or a string, got {json.dumps(dataset)[:80]}")
+        if not dataset.startswith("builtin:") and not os.path.isabs(dataset):
+            raise EngineInputError(f"job.json: 'dataset' must be 'builtin:NAME' or an absolute path, got {dataset!r}")
+    threads = job.get("threads", 1)
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise EngineInputError(f"job.json: 'threads' must be an integer >= 1, got {json.dumps(threads)}")
+    seed = job.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise EngineInputError(f"job.json: 'seed' must be an integer >= 0, got {json.dumps(seed)}")
+    options = job.get("options", {}) or {}
+    if not isinstance(options, dict):
+        raise EngineInputError("job.json: 'options' must be an object")
+    unknown = sorted(set(options) - OPTION_KEYS)
+    if unknown:
+        raise EngineInputError(f"job.json: unknown option(s) {unknown}; known: {sorted(OPTION_KEYS)}")
+    shape = options.get("inputShape")
+    if shape is not None and not (isinstance(shape, list) and shape and
+                                  all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise EngineInputError(f"job.json: options.inputShape must be a list of positive integers, got {json.dumps(shape)}")
+    for key in ("ratio", "strength", "targetMacs", "targetParams", "targetLatency"):
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise EngineInputError(f"job.json: options.{key} must be a number, got {json.dumps(value)}")
+    round_to = options.get("roundTo")
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)):
+        raise EngineInputError(f"job.json: options.roundTo must be an integer, got {json.dumps(round_to)}")
+    if not isinstance(options.get("force", False), bool):
+        raise EngineInputError("job.json: options.force must be true or false")
+    finetune = options.get("finetune")
+    if finetune is not None and not isinstance(finetune, dict):
+        raise EngineInputError("job.json: options.finetune must be an object (or absent for no fine-tuning)")
+    job["threads"], job["seed"], job["options"] = threads, seed, options
+    return job
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _sigterm_unwinds():
+    def handler(signum, frame):
+        raise JobTerminated()
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Stages:
+    """Stage timing plus the progress lines the worker relays."""
+
+    def __init__(self, emit: Emit):
+        self.emit = emit
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str, total: int = 1, message: Optional[str] = None):
+        self.progress(name, 0, total, message)
+        start = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - start, 4)
+
+    def progress(self, stage: str, done: int, total: int, message: Optional[str] = None) -> None:
+        event = {"event": "progress", "stage": stage, "done": done, "total": total}
+        if message:
+            event["message"] = message
+        self.emit(event)
+
+    def log(self, message: str, level: str = "info") -> None:
+        self.emit({"event": "log", "level": level, "message": message})
+
+
+def run_job(job_path: str, emit: Optional[Emit] = None) -> int:
+    """Run one job; EngineInputError propagates (the CLI turns it into exit 2), SIGTERM gives 143."""
+    emit = emit or json_lines_emitter()
+    try:
+        with _sigterm_unwinds():
+            _pipeline(read_job(job_path), _Stages(emit))
+    except JobTerminated:
+        print("tuckerize: terminated by SIGTERM", file=sys.stderr)
+        return EXIT_TERMINATED
+    return EXIT_OK
+
+
+def _pipeline(job: dict, stages: _Stages) -> None:
+    import onnx
+    import torch
+
+    from .metrics import graph_metrics
+    from .onnx_graph import default_opset, find_layers, infer_shapes, load_model, real_inputs
+    from .plan import make_plan
+    from .surgery import rewrite
+
+    torch.set_num_threads(job["threads"])
+    torch.manual_seed(job["seed"])
+    options = job["options"]
+    input_shape = options.get("inputShape")
+    profile: dict[str, float] = {}
+    os.makedirs(job["outputDir"], exist_ok=True)
+    os.makedirs(job["workDir"], exist_ok=True)
+
+    with stages.stage("analyze"):
+        original = load_model(job["model"])
+        shapes = infer_shapes(original, input_shape)
+        layers = find_layers(original, input_shape, shapes=shapes)
+        before = graph_metrics(original, shapes=shapes)
+        model_sha = _sha256(job["model"])
+        for index, layer in enumerate(layers, start=1):
+            note = "eligible" if layer.eligible else f"kept: {layer.reason}"
+            stages.progress("analyze", index, len(layers), f"{layer.name} ({layer.op}): {note}")
+    if not any(layer.eligible for layer in layers):
+        stages.log("no Conv/Gemm/MatMul layer of this model can be decomposed; the output equals the input", "warn")
+
+    key = _checkpoint_key(model_sha, options)
+    checkpoint = _load_checkpoint(job["workDir"], key)
+    if checkpoint is not None:
+        plan, compressed = checkpoint
+        stages.progress("plan", len(layers), len(layers), "resumed from the checkpoint in workDir")
+        stages.progress("rewrite", len(plan.rewritten()), len(plan.rewritten()), "resumed from the checkpoint")
+        stages.timings["plan"] = stages.timings["rewrite"] = 0.0
+    else:
+        plan_timings: dict[str, float] = {}
+        with stages.stage("plan", len(layers)):
+            plan = make_plan(
+                original, input_shape, rule=options.get("rule", "vbmf"), ratio=options.get("ratio"),
+                force=bool(options.get("force", False)), strength=options.get("strength"),
+                round_to=options.get("roundTo"), target_macs=options.get("targetMacs"),
+                target_params=options.get("targetParams"), shapes=shapes, layers=layers,
+                timings=plan_timings,
+                progress=lambda done, total, name: stages.progress("plan", done, total, name))
+        profile.update({f"plan.{k}": round(v, 4) for k, v in plan_timings.items()})
+        rewritten = plan.rewritten()
+        with stages.stage("rewrite", len(rewritten)):
+            result = rewrite(original, plan,
+                             progress=lambda done, total, name: stages.progress("rewrite", done, total, name))
+            compressed = result.model
+            for entry in plan.layers:
+                entry.rel_error = result.rel_errors.get(entry.name)
+        profile.update({f"rewrite.{k}": round(v, 4) for k, v in result.timings.items()})
+        _save_checkpoint(job["workDir"], key, plan, compressed)
+
+    accuracy, finetune_report = None, None
+    if options.get("finetune") is not None:
+        with stages.stage("finetune"):
+            run_finetune_stage = _finetune_function("run_finetune_stage")
+            compressed, sections = run_finetune_stage(job, original, compressed, stages.emit)
+            accuracy, finetune_report = sections.get("accuracy"), sections.get("finetune")
+
+    with stages.stage("evaluate"):
+        if accuracy is None and job.get("dataset"):
+            evaluate_stage = _finetune_function("evaluate_stage")
+            accuracy = evaluate_stage(job, original, compressed, stages.emit)
+        fidelity = _fidelity(original, compressed, plan.input_shape, job["seed"], stages)
+
+    with stages.stage("write", 3):
+        start = time.perf_counter()
+        onnx.checker.check_model(compressed, full_check=True)
+        profile["write.check"] = round(time.perf_counter() - start, 4)
+        after = graph_metrics(compressed, plan.input_shape)
+        out = job["outputDir"]
+        atomic_write_bytes(os.path.join(out, "compressed.onnx"), compressed.SerializeToString())
+        stages.progress("write", 1, 3, "compressed.onnx")
+        atomic_write_json(os.path.join(out, "plan.json"), plan.to_dict())
+        stages.progress("write", 2, 3, "plan.json")
+        totals = {
+            "params": {"before": before.params, "after": after.params, "ratio": _ratio(after.params, before.params)},
+            "macs": {"before": before.macs, "after": after.macs, "ratio": _ratio(after.macs, before.macs)},
+        }
+        if "target" in plan.totals:
+            totals["target"] = plan.totals["target"]
+        report = {
+            "jobId": job["jobId"],
+            "model": {
+                "path": job["model"], "sha256": model_sha, "bytes": os.path.getsize(job["model"]),
+                "opset": default_opset(original), "irVersion": original.ir_version,
+                "producer": f"{original.producer_name} {original.producer_version}".strip(),
+                "inputs": [{"name": v.name, "shape": _dims(v)} for v in real_inputs(original)],
+                "outputs": [{"name": v.name, "shape": _dims(v)} for v in original.graph.output],
+                "inputShape": plan.input_shape, "params": before.params, "macs": before.macs,
+            },
+            "compressed": {"bytes": compressed.ByteSize(), "params": after.params, "macs": after.macs},
+            "options": options,
+            "rule": plan.rule,
+            "layers": [entry.to_dict() for entry in plan.layers],
+            "totals": totals,
+            "fidelity": fidelity,
+            "accuracy": accuracy,
+            "finetune": finetune_report,
+            "timings": dict(stages.timings),
+            "profile": profile,
+        }
+        report["timings"]["write"] = round(time.perf_counter() - start, 4)
+        atomic_write_json(os.path.join(out, "report.json"), report)
+        stages.progress("write", 3, 3, "report.json")
+    stages.emit({
+        "event": "result", "artifact": "compressed.onnx", "plan": "plan.json", "report": "report.json",
+        "summary": {
+            "params": totals["params"], "macs": totals["macs"],
+            "layers": {"rewritten": len(plan.rewritten()), "kept": len(plan.layers) - len(plan.rewritten())},
+            "relativeError": fidelity.get("relativeError"),
+            "accuracy": accuracy,
+        },
+    })
+
+
+def _ratio(after, before):
+    return after / before if before else None
+
+
+def _dims(value) -> list:
+    dims = value.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+
+
+def _finetune_function(name: str):
+    """The fine-tuning helpers live in finetune.py; an engine built without it refuses the option."""
+    try:
+        from . import finetune
+    except ImportError as exc:
+        raise EngineInputError(f"fine-tuning is not available in this engine build ({exc})") from exc
+    function = getattr(finetune, name, None)
+    if function is None:
+        raise EngineInputError(f"fine-tuning is not available in this engine build (no finetune.{name})")
+    return function
+
+
+def _fidelity(original, compressed, input_shape, seed: int, stages: _Stages) -> dict:
+    """Relative output error of the compressed graph against the original on seeded random inputs.
+
+    The paper's numbers come after fine-tuning; this one says how much the rewrite alone moved the
+    outputs (0 up to rounding at full rank), which is what a client checks before deploying.
+    """
+    import torch
+
+    from .interpret import OnnxModule
+    try:
+        reference, candidate = OnnxModule(original).eval(), OnnxModule(compressed).eval()
+    except EngineInputError as exc:
+        stages.log(f"output check skipped: the interpreter cannot run this model ({exc})", "warn")
+        return {"relativeError": None, "skipped": str(exc)}
+    generator = torch.Generator().manual_seed(seed)
+    first_input = original.graph.input[[i.name for i in original.graph.input].index(reference.input_names[0])]
+    dtype = torch.float64 if first_input.type.tensor_type.elem_type == 11 else torch.float32
+    x = torch.randn(*input_shape, generator=generator, dtype=dtype)
+    with torch.no_grad():
+        y_ref, y_new = reference(x), candidate(x)
+    if isinstance(y_ref, tuple):
+        y_ref, y_new = y_ref[0], y_new[0]
+    norm = float(torch.linalg.vector_norm(y_ref.double()))
+    error = float(torch.linalg.vector_norm((y_ref - y_new).double()))
+    relative = error / norm if norm > 0 else error
+    if not math.isfinite(relative):
+        raise EngineInputError("the compressed model produced NaN/Inf on random inputs; check the plan's ranks")
+    return {"relativeError": relative, "inputShape": list(input_shape), "seed": seed, "samples": int(input_shape[0])}
+
+
+def _checkpoint_key(model_sha: str, options: dict) -> str:
+    relevant = {k: v for k, v in options.items() if k != "finetune"}
+    text = json.dumps({"model": model_sha, "options": relevant, "version": CHECKPOINT_VERSION}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _checkpoint_paths(work_dir: str) -> tuple[str, str]:
+    return os.path.join(work_dir, "rewrite.onnx"), os.path.join(work_dir, "rewrite.plan.json")
+
+
+def _save_checkpoint(work_dir: str, key: str, plan, model) -> None:
+    model_path, plan_path = _checkpoint_paths(work_dir)
+    atomic_write_bytes(model_path, model.SerializeToString())
+    # The plan is written last and carries the key: it marks the pair complete.
+    atomic_write_json(plan_path, {"key": key, "plan": plan.to_dict()})
+
+
+def _load_checkpoint(work_dir: str, key: str):
+    import onnx
+
+    from .plan import Plan
+    model_path, plan_path = _checkpoint_paths(work_dir)
+    try:
+        with open(plan_path) as handle:
+            saved = json.load(handle)
+        if saved.get("key") != key:
+            return None
+        return Plan.from_dict(saved["plan"]), onnx.load(model_path)
+    except Exception:  # absent, half-written or from another engine version: redo the stages
+        return None

@@ -1,0 +1,74 @@
+// API keys: `tk_<prefix>_<secret>`. Only the sha256 of the whole key is stored; the prefix finds the row and
+// the hashes are compared in constant time, so a key cannot be recovered from the database or guessed by timing.
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { FastifyRequest } from 'fastify';
+import type { PrismaClient } from '../db/client.js';
+import { UnauthorizedError } from './errors.js';
+
+const KEY_PATTERN = /^tk_([0-9a-f]{12})_([A-Za-z0-9_-]{32})$/;
+
+export interface NewApiKey {
+  key: string;
+  prefix: string;
+  hash: string;
+}
+
+export function hashApiKey(key: string): string {
+  return createHash('sha256').update(key).digest('hex');
+}
+
+export function generateApiKey(): NewApiKey {
+  const prefix = randomBytes(6).toString('hex');
+  const key = `tk_${prefix}_${randomBytes(24).toString('base64url')}`;
+  return { key, prefix, hash: hashApiKey(key) };
+}
+
+/** The prefix of a well-formed key, else undefined. Used to bucket rate limits per key before auth runs. */
+export function keyPrefixOf(authorization: string | undefined): string | undefined {
+  const match = /^Bearer\s+(\S+)$/i.exec(authorization ?? '');
+  return match ? KEY_PATTERN.exec(match[1] ?? '')?.[1] : undefined;
+}
+
+export async function createApiKeyForTenant(prisma: PrismaClient, tenantName: string): Promise<NewApiKey & { tenantId: string }> {
+  const tenant = await prisma.tenant.upsert({ where: { name: tenantName }, create: { name: tenantName }, update: {} });
+  const created = generateApiKey();
+  await prisma.apiKey.create({ data: { tenantId: tenant.id, prefix: created.prefix, hash: created.hash } });
+  return { ...created, tenantId: tenant.id };
+}
+
+/** A hash no key produces; compared against when the prefix is unknown so both paths do the same work. */
+const DUMMY_HASH = hashApiKey('tk_000000000000_' + 'x'.repeat(32));
+
+export interface Principal {
+  tenantId: string;
+  apiKeyId: string;
+}
+
+export async function authenticate(prisma: PrismaClient, authorization: string | undefined): Promise<Principal> {
+  if (!authorization) {
+    throw new UnauthorizedError('missing Authorization header; send "Authorization: Bearer <api key>" (create one with `npm run cli -- keys create --tenant NAME`)');
+  }
+  const bearer = /^Bearer\s+(\S+)$/i.exec(authorization);
+  if (!bearer) throw new UnauthorizedError('the Authorization header must be "Bearer <api key>"');
+  const key = bearer[1] ?? '';
+  const parts = KEY_PATTERN.exec(key);
+  if (!parts) throw new UnauthorizedError('malformed API key; keys look like tk_<12 hex>_<32 chars>');
+  const row = await prisma.apiKey.findUnique({ where: { prefix: parts[1] ?? '' } });
+  const presented = Buffer.from(hashApiKey(key), 'hex');
+  const expected = Buffer.from(row?.hash ?? DUMMY_HASH, 'hex');
+  const matches = timingSafeEqual(presented, expected) && row !== null;
+  if (!matches || !row) throw new UnauthorizedError('invalid API key; check the key or create a new one');
+  if (row.revokedAt) throw new UnauthorizedError('this API key was revoked; create a new one');
+  return { tenantId: row.tenantId, apiKeyId: row.id };
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    principal: Principal | null;
+  }
+}
+
+export function principalOf(request: FastifyRequest): Principal {
+  if (!request.principal) throw new UnauthorizedError('authentication required; send "Authorization: Bearer <api key>"');
+  return request.principal;
+}

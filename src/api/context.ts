@@ -1,0 +1,26 @@
+// What route plugins need, built once per app by buildApp.
+import type { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { Config } from '../config.js';
+import type { PrismaClient } from '../db/client.js';
+import type { CompressionJobData } from '../queue/index.js';
+import type { ArtifactStore } from '../store/artifacts.js';
+import type { JobEventHub } from './job-events.js';
+import type { ModelAnalyzer } from './model-analysis.js';
+
+export interface AppContext {
+  config: Config;
+  prisma: PrismaClient;
+  /** commands (rate limits, cancel publishing, readiness); not for blocking calls */
+  redis: Redis;
+  queue: Queue<CompressionJobData>;
+  store: ArtifactStore;
+  events: JobEventHub;
+  /** null when analysis is disabled */
+  analyzer: ModelAnalyzer | null;
+}
+
+/** Redis pub/sub channel on which the job id of a canceled job is published; the worker subscribes. */
+export function cancelChannel(queuePrefix: string): string {
+  return `${queuePrefix}:cancel`;
+}

@@ -1,0 +1,59 @@
+// Helpers shared by the route plugins.
+import { createHash } from 'node:crypto';
+import path from 'node:path';
+import type { z } from 'zod';
+import { ProblemSchema } from '../schemas.js';
+
+const PROBLEM_DESCRIPTIONS: Record<number, string> = {
+  400: 'invalid request (problem+json names the field)',
+  401: 'missing or invalid API key',
+  404: 'no such resource for this API key',
+  409: 'the resource is not in a state that allows this',
+  413: 'upload larger than the configured limit',
+  415: 'wrong content type',
+  422: 'the upload is not usable (the detail says why)',
+  429: 'rate limit exceeded',
+  503: 'a dependency (database or Redis) is unavailable',
+};
+
+/** Problem+json response schemas for the given status codes (OpenAPI documentation and serialization). */
+export function problems(...statuses: number[]): Record<number, typeof ProblemSchema> {
+  const out: Record<number, typeof ProblemSchema> = {};
+  for (const status of statuses) {
+    out[status] = ProblemSchema.describe(PROBLEM_DESCRIPTIONS[status] ?? 'error') as typeof ProblemSchema;
+  }
+  return out;
+}
+
+export const AUTH = [{ bearerAuth: [] as string[] }];
+
+/** A display name from an uploaded file name: no directories, no control characters, bounded length. */
+export function cleanFileName(fileName: string | undefined, fallback: string): string {
+  const base = path.posix.basename((fileName ?? '').replaceAll('\\', '/'));
+  // eslint-disable-next-line no-control-regex
+  const clean = base.replace(/[\u0000-\u001f\u007f"]/g, '').trim().slice(0, 200);
+  return clean === '' || clean === '.' || clean === '..' ? fallback : clean;
+}
+
+/** JSON with object keys sorted at every level, so equal values hash equally. */
+export function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}
+
+export function sha256Hex(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
+export type Infer<T extends z.ZodType> = z.output<T>;
+
+/** Prisma's unique-constraint violation. */
+export function isUniqueViolation(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === 'P2002';
+}

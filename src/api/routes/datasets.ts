@@ -1,0 +1,144 @@
+// POST/GET /v1/datasets: .npz arrays or .zip images for fine-tuning and evaluation.
+import type { Dataset } from '@prisma/client';
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+import { principalOf } from '../auth.js';
+import type { AppContext } from '../context.js';
+import { inspectDataset } from '../../security/index.js';
+import { BadRequestError, NotFoundError, UnsupportedMediaTypeError } from '../errors.js';
+import { DatasetPageSchema, DatasetSchema, IdParamsSchema, PageQuerySchema } from '../schemas.js';
+import { AUTH, cleanFileName, isUniqueViolation, problems } from './common.js';
+import { receiveUpload, removeIfUnreferenced } from './uploads.js';
+
+export function datasetView(dataset: Dataset) {
+  return {
+    id: dataset.id,
+    name: dataset.name,
+    format: dataset.format as 'npz' | 'zip',
+    sha256: dataset.sha256,
+    bytes: Number(dataset.bytes),
+    info: dataset.info as Record<string, unknown>,
+    createdAt: dataset.createdAt.toISOString(),
+  };
+}
+
+function formatFromName(name: string): 'npz' | 'zip' | undefined {
+  const lower = name.toLowerCase();
+  if (lower.endsWith('.npz')) return 'npz';
+  if (lower.endsWith('.zip')) return 'zip';
+  return undefined;
+}
+
+export const datasetRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app, { ctx }) => {
+  const { prisma, store, config } = ctx;
+
+  app.post(
+    '/v1/datasets',
+    {
+      schema: {
+        summary: 'Upload a dataset',
+        description:
+          'multipart/form-data with the archive in field `file`: an .npz (numpy.savez; arrays `x` [N,C,H,W] or [N,H,W], ' +
+          'optional `y` labels) or a .zip of images (one folder per class). Names, sizes, symlinks and array dtypes are ' +
+          'checked before it is accepted. The same bytes again return the existing dataset with 200.',
+        tags: ['datasets'],
+        security: AUTH,
+        consumes: ['multipart/form-data'],
+        response: { 200: DatasetSchema, 201: DatasetSchema, ...problems(400, 401, 413, 415, 422, 429, 503) },
+      },
+    },
+    async (request, reply) => {
+      const { tenantId } = principalOf(request);
+      const upload = await receiveUpload(request, store, config.maxDatasetBytes, 'the .npz or .zip dataset');
+      const name = cleanFileName(upload.fileName, 'dataset');
+      const declared = formatFromName(name);
+      if (upload.fileName && /\.[A-Za-z0-9]+$/.test(name) && !declared) {
+        await removeIfUnreferenced(prisma, store, upload.stored.key);
+        throw new UnsupportedMediaTypeError(`${name}: datasets must be .npz (numpy.savez) or .zip (images) files`);
+      }
+      const existing = await prisma.dataset.findUnique({ where: { tenantId_sha256: { tenantId, sha256: upload.stored.sha256 } } });
+      if (existing) return reply.code(200).send(datasetView(existing));
+
+      let inspection;
+      try {
+        inspection = await inspectDataset(store.pathFor(upload.stored.key), upload.stored.bytes);
+      } catch (err) {
+        await removeIfUnreferenced(prisma, store, upload.stored.key);
+        throw err;
+      }
+      if (declared && declared !== inspection.format) {
+        await removeIfUnreferenced(prisma, store, upload.stored.key);
+        throw new UnsupportedMediaTypeError(
+          `${name} is named .${declared} but holds ${inspection.format === 'npz' ? '.npy arrays (an .npz)' : 'images (a .zip)'}; rename it to .${inspection.format}`,
+        );
+      }
+      const { format, info } = inspection;
+      let dataset: Dataset;
+      try {
+        dataset = await prisma.dataset.create({
+          data: {
+            tenantId,
+            name,
+            format,
+            sha256: upload.stored.sha256,
+            bytes: BigInt(upload.stored.bytes),
+            storageKey: upload.stored.key,
+            info: info as object,
+          },
+        });
+      } catch (err) {
+        if (!isUniqueViolation(err)) throw err;
+        const raced = await prisma.dataset.findUniqueOrThrow({ where: { tenantId_sha256: { tenantId, sha256: upload.stored.sha256 } } });
+        return reply.code(200).send(datasetView(raced));
+      }
+      request.log.info({ datasetId: dataset.id, bytes: upload.stored.bytes, format }, 'dataset uploaded');
+      return reply.code(201).header('location', `/v1/datasets/${dataset.id}`).send(datasetView(dataset));
+    },
+  );
+
+  app.get(
+    '/v1/datasets',
+    {
+      schema: {
+        summary: "List this tenant's datasets, newest first",
+        tags: ['datasets'],
+        security: AUTH,
+        querystring: PageQuerySchema,
+        response: { 200: DatasetPageSchema, ...problems(400, 401, 429, 503) },
+      },
+    },
+    async (request) => {
+      const { tenantId } = principalOf(request);
+      const { limit, cursor } = request.query;
+      if (cursor && !(await prisma.dataset.findFirst({ where: { id: cursor, tenantId }, select: { id: true } }))) {
+        throw new BadRequestError('cursor does not name a dataset of this tenant; pass the nextCursor of the previous page');
+      }
+      const rows = await prisma.dataset.findMany({
+        where: { tenantId },
+        orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
+        take: limit + 1,
+        ...(cursor ? { cursor: { id: cursor }, skip: 1 } : {}),
+      });
+      const page = rows.slice(0, limit);
+      return { items: page.map(datasetView), nextCursor: rows.length > limit ? (page[page.length - 1]?.id ?? null) : null };
+    },
+  );
+
+  app.get(
+    '/v1/datasets/:id',
+    {
+      schema: {
+        summary: 'Get one dataset',
+        tags: ['datasets'],
+        security: AUTH,
+        params: IdParamsSchema,
+        response: { 200: DatasetSchema, ...problems(400, 401, 404, 429, 503) },
+      },
+    },
+    async (request) => {
+      const { tenantId } = principalOf(request);
+      const dataset = await prisma.dataset.findFirst({ where: { id: request.params.id, tenantId } });
+      if (!dataset) throw new NotFoundError(`dataset ${request.params.id} does not exist for this API key's tenant`);
+      return datasetView(dataset);
+    },
+  );
+};

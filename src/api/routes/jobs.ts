@@ -1,0 +1,405 @@
+// Compression jobs: create (DB row first, then enqueue), list, inspect, follow (SSE), cancel, download.
+import type { Job } from '@prisma/client';
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+import type { ServerResponse } from 'node:http';
+import { z } from 'zod';
+import { enqueueCompressionJob } from '../../queue/index.js';
+import { principalOf } from '../auth.js';
+import { cancelChannel, type AppContext } from '../context.js';
+import { BadRequestError, ConflictError, NotFoundError } from '../errors.js';
+import type { TensorInfo } from '../onnx.js';
+import { checkDatasetFitsModel, type DatasetInspection } from '../../security/index.js';
+import {
+  BUILTIN_DATASETS,
+  CreateJobBodySchema,
+  IdParamsSchema,
+  JobCreatedSchema,
+  JobListQuerySchema,
+  JobPageSchema,
+  JobSchema,
+  ReportSchema,
+} from '../schemas.js';
+import { AUTH, canonicalJson, isUniqueViolation, problems, sha256Hex } from './common.js';
+
+const TERMINAL = new Set(['succeeded', 'failed', 'canceled']);
+/** How long POST /v1/jobs waits for Redis before leaving the row for the reconciler. */
+const ENQUEUE_TIMEOUT_MS = 3000;
+/** SSE: how often the DB (the source of truth) is re-read, and the keep-alive comment interval. */
+const SSE_POLL_MS = 1000;
+const SSE_HEARTBEAT_MS = 15_000;
+
+const IdempotencyHeadersSchema = z.object({
+  'idempotency-key': z
+    .string()
+    .min(1)
+    .max(200)
+    .regex(/^[\x21-\x7e]+$/, 'Idempotency-Key must be 1..200 printable ASCII characters without spaces')
+    .optional(),
+});
+
+function numberRecord(value: unknown): Record<string, number> | null {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return null;
+  const out: Record<string, number> = {};
+  for (const [key, v] of Object.entries(value)) if (typeof v === 'number') out[key] = v;
+  return out;
+}
+
+export function jobView(job: Job) {
+  const report = job.report as { timings?: unknown } | null;
+  return {
+    id: job.id,
+    status: job.status,
+    stage: job.stage,
+    progress: job.progress,
+    percent: Math.round(job.progress * 1000) / 10,
+    modelId: job.modelId,
+    datasetId: job.datasetId ?? job.builtinDataset,
+    options: job.options as Record<string, unknown>,
+    attempts: job.attempts,
+    createdAt: job.createdAt.toISOString(),
+    startedAt: job.startedAt?.toISOString() ?? null,
+    finishedAt: job.finishedAt?.toISOString() ?? null,
+    timings: numberRecord(report?.timings),
+    metrics: (job.metrics as Record<string, unknown> | null) ?? null,
+    error: job.errorCategory ? { category: job.errorCategory, message: job.errorMessage ?? '' } : null,
+  };
+}
+
+export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app, { ctx }) => {
+  const { prisma, queue, store, redis, events } = ctx;
+  const openStreams = new Set<() => void>();
+  app.addHook('onClose', async () => {
+    for (const end of [...openStreams]) end();
+  });
+
+  async function findJob(tenantId: string, id: string): Promise<Job> {
+    const job = await prisma.job.findFirst({ where: { id, tenantId } });
+    if (!job) throw new NotFoundError(`job ${id} does not exist for this API key's tenant`);
+    return job;
+  }
+
+  app.post(
+    '/v1/jobs',
+    {
+      schema: {
+        summary: 'Create a compression job',
+        description:
+          'Queues a compression of an uploaded model. With an `Idempotency-Key` header, repeating the same request ' +
+          'returns the same job; reusing the key with a different body is a 409.',
+        tags: ['jobs'],
+        security: AUTH,
+        headers: IdempotencyHeadersSchema,
+        body: CreateJobBodySchema,
+        response: { 202: JobCreatedSchema, ...problems(400, 401, 404, 409, 415, 422, 429, 503) },
+      },
+    },
+    async (request, reply) => {
+      const { tenantId } = principalOf(request);
+      const body = request.body;
+      const idempotencyKey = request.headers['idempotency-key'];
+      const requestHash = sha256Hex(canonicalJson(body));
+
+      const replay = async (): Promise<boolean> => {
+        if (!idempotencyKey) return false;
+        const previous = await prisma.job.findUnique({ where: { tenantId_idempotencyKey: { tenantId, idempotencyKey } } });
+        if (!previous) return false;
+        if (previous.requestHash !== requestHash) {
+          throw new ConflictError(`Idempotency-Key ${JSON.stringify(idempotencyKey)} was already used with a different request body; use a new key for a new job`);
+        }
+        await reply.code(202).header('location', `/v1/jobs/${previous.id}`).header('idempotent-replayed', 'true').send({ id: previous.id, status: previous.status });
+        return true;
+      };
+      if (await replay()) return reply;
+
+      const model = await prisma.onnxModel.findFirst({ where: { id: body.modelId, tenantId } });
+      if (!model) throw new NotFoundError(`model ${body.modelId} does not exist for this API key's tenant; upload it with POST /v1/models`);
+      let datasetId: string | null = null;
+      let builtinDataset: string | null = null;
+      if (body.datasetId !== undefined) {
+        if ((BUILTIN_DATASETS as readonly string[]).includes(body.datasetId)) {
+          builtinDataset = body.datasetId;
+        } else {
+          const dataset = await prisma.dataset.findFirst({ where: { id: body.datasetId, tenantId } });
+          if (!dataset) throw new NotFoundError(`dataset ${body.datasetId} does not exist for this API key's tenant; upload it with POST /v1/datasets`);
+          checkDatasetFitsModel(
+            { format: dataset.format, info: dataset.info } as unknown as DatasetInspection,
+            (model.inputs as unknown as TensorInfo[]).map((t) => ({ name: t.name, elemType: t.elemType, dims: t.dims })),
+          );
+          datasetId = dataset.id;
+        }
+      }
+
+      let job: Job;
+      try {
+        job = await prisma.job.create({
+          data: {
+            tenantId,
+            modelId: model.id,
+            datasetId,
+            builtinDataset,
+            options: body.options as object,
+            idempotencyKey: idempotencyKey ?? null,
+            requestHash,
+          },
+        });
+      } catch (err) {
+        // A concurrent request with the same Idempotency-Key won the insert.
+        if (isUniqueViolation(err) && (await replay())) return reply;
+        throw err;
+      }
+      await prisma.jobEvent.create({ data: { jobId: job.id, type: 'status', data: { status: 'queued' } } });
+      try {
+        await withTimeout(enqueueCompressionJob(queue, { jobId: job.id, tenantId }), ENQUEUE_TIMEOUT_MS);
+      } catch (err) {
+        // The row is the truth: requeueOrphans (worker startup) enqueues queued rows missing from Redis.
+        request.log.warn({ jobId: job.id, err: (err as Error).message }, 'enqueue failed; the reconciler will enqueue the job');
+      }
+      request.log.info({ jobId: job.id, modelId: model.id }, 'job created');
+      return reply.code(202).header('location', `/v1/jobs/${job.id}`).send({ id: job.id, status: job.status });
+    },
+  );
+
+  app.get(
+    '/v1/jobs',
+    {
+      schema: {
+        summary: "List this tenant's jobs, newest first",
+        tags: ['jobs'],
+        security: AUTH,
+        querystring: JobListQuerySchema,
+        response: { 200: JobPageSchema, ...problems(400, 401, 429, 503) },
+      },
+    },
+    async (request) => {
+      const { tenantId } = principalOf(request);
+      const { limit, cursor, status } = request.query;
+      if (cursor && !(await prisma.job.findFirst({ where: { id: cursor, tenantId }, select: { id: true } }))) {
+        throw new BadRequestError('cursor does not name a job of this tenant; pass the nextCursor of the previous page');
+      }
+      const rows = await prisma.job.findMany({
+        where: { tenantId, ...(status ? { status } : {}) },
+        orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
+        take: limit + 1,
+        ...(cursor ? { cursor: { id: cursor }, skip: 1 } : {}),
+      });
+      const page = rows.slice(0, limit);
+      return { items: page.map(jobView), nextCursor: rows.length > limit ? (page[page.length - 1]?.id ?? null) : null };
+    },
+  );
+
+  app.get(
+    '/v1/jobs/:id',
+    {
+      schema: {
+        summary: 'Get a job: status, stage, progress, timings, metrics, error',
+        tags: ['jobs'],
+        security: AUTH,
+        params: IdParamsSchema,
+        response: { 200: JobSchema, ...problems(400, 401, 404, 429, 503) },
+      },
+    },
+    async (request) => jobView(await findJob(principalOf(request).tenantId, request.params.id)),
+  );
+
+  app.post(
+    '/v1/jobs/:id/cancel',
+    {
+      schema: {
+        summary: 'Cancel a queued or running job',
+        description: 'A queued job is removed from the queue; a running job is stopped by its worker (its engine process group is killed).',
+        tags: ['jobs'],
+        security: AUTH,
+        params: IdParamsSchema,
+        response: { 200: JobSchema, ...problems(400, 401, 404, 409, 429, 503) },
+      },
+    },
+    async (request) => {
+      const { tenantId } = principalOf(request);
+      const job = await findJob(tenantId, request.params.id);
+      const refuse = (status: string) =>
+        new ConflictError(`job ${job.id} is already ${status}; only queued or running jobs can be canceled`);
+      if (TERMINAL.has(job.status)) throw refuse(job.status);
+      const updated = await prisma.job.updateMany({
+        where: { id: job.id, tenantId, status: { in: ['queued', 'running'] } },
+        data: { status: 'canceled', finishedAt: new Date(), errorCategory: 'canceled', errorMessage: 'canceled by the client' },
+      });
+      if (updated.count === 0) throw refuse((await findJob(tenantId, job.id)).status);
+      await prisma.jobEvent.create({ data: { jobId: job.id, type: 'status', data: { status: 'canceled', from: job.status } } });
+      if (job.status === 'queued') {
+        try {
+          await (await queue.getJob(job.id))?.remove();
+        } catch (err) {
+          // Already picked up (locked by a worker): the worker re-reads the row and sees `canceled`.
+          request.log.info({ jobId: job.id, err: (err as Error).message }, 'queued job could not be removed; the worker will skip it');
+        }
+      }
+      try {
+        await redis.publish(cancelChannel(ctx.config.queuePrefix), job.id);
+      } catch (err) {
+        request.log.warn({ jobId: job.id, err: (err as Error).message }, 'cancel notification not published; the worker will see the DB state');
+      }
+      request.log.info({ jobId: job.id, from: job.status }, 'job canceled');
+      return jobView(await findJob(tenantId, job.id));
+    },
+  );
+
+  app.get(
+    '/v1/jobs/:id/report',
+    {
+      schema: {
+        summary: "The engine's report (per-layer plan, totals, accuracy, timings)",
+        tags: ['jobs'],
+        security: AUTH,
+        params: IdParamsSchema,
+        response: { 200: ReportSchema, ...problems(400, 401, 404, 409, 429, 503) },
+      },
+    },
+    async (request) => {
+      const job = await findJob(principalOf(request).tenantId, request.params.id);
+      if (job.report === null || typeof job.report !== 'object') {
+        throw new ConflictError(`job ${job.id} is ${job.status} and has no report yet; poll GET /v1/jobs/${job.id} until it succeeds`);
+      }
+      return job.report as Record<string, unknown>;
+    },
+  );
+
+  app.get(
+    '/v1/jobs/:id/artifact',
+    {
+      schema: {
+        summary: 'Download the compressed model (.onnx)',
+        description:
+          'Streamed. Headers: Content-Length, ETag (the sha256), X-Content-SHA256 (hex), Digest (sha-256, base64). ' +
+          'If-None-Match with the ETag answers 304.',
+        tags: ['jobs'],
+        security: AUTH,
+        params: IdParamsSchema,
+        produces: ['application/octet-stream'],
+        response: {
+          200: z.any().describe('the compressed model (application/octet-stream)'),
+          304: z.undefined().describe('not modified (If-None-Match matched)'),
+          ...problems(400, 401, 404, 409, 429, 503),
+        },
+      },
+    },
+    async (request, reply) => {
+      const job = await findJob(principalOf(request).tenantId, request.params.id);
+      if (job.status !== 'succeeded') {
+        throw new ConflictError(`job ${job.id} is ${job.status}; its artifact can be downloaded once it has succeeded`);
+      }
+      const artifact = await prisma.artifact.findUnique({ where: { jobId: job.id } });
+      if (!artifact) throw new ConflictError(`job ${job.id} succeeded but has no stored artifact; create the job again`);
+      const model = await prisma.onnxModel.findUnique({ where: { id: job.modelId }, select: { name: true } });
+      const stem = (model?.name ?? 'model').replace(/\.onnx$/i, '').replace(/[^A-Za-z0-9._-]/g, '_');
+      const etag = `"${artifact.sha256}"`;
+      reply
+        .header('etag', etag)
+        .header('x-content-sha256', artifact.sha256)
+        .header('digest', `sha-256=${Buffer.from(artifact.sha256, 'hex').toString('base64')}`)
+        .header('cache-control', 'private, max-age=0, must-revalidate');
+      if (request.headers['if-none-match'] === etag) return reply.code(304).send();
+      const stream = await store.openRead(artifact.storageKey);
+      return reply
+        .type('application/octet-stream')
+        .header('content-length', String(artifact.bytes))
+        .header('content-disposition', `attachment; filename="${stem}.compressed.onnx"`)
+        .send(stream);
+    },
+  );
+
+  app.get(
+    '/v1/jobs/:id/events',
+    {
+      schema: {
+        summary: 'Follow a job with Server-Sent Events',
+        description:
+          '`event: status` (the job as in GET /v1/jobs/:id) on connect and on every change; `event: progress` ' +
+          '({stage, done, total, percent, message?}) while it runs. The stream ends after the terminal status ' +
+          '(succeeded, failed or canceled).',
+        tags: ['jobs'],
+        security: AUTH,
+        params: IdParamsSchema,
+        produces: ['text/event-stream'],
+        response: { 200: z.any().describe('text/event-stream'), ...problems(400, 401, 404, 429, 503) },
+      },
+    },
+    async (request, reply) => {
+      const { tenantId } = principalOf(request);
+      const job = await findJob(tenantId, request.params.id);
+      reply.hijack();
+      const raw: ServerResponse = reply.raw;
+      raw.writeHead(200, {
+        'content-type': 'text/event-stream; charset=utf-8',
+        'cache-control': 'no-cache, no-transform',
+        connection: 'keep-alive',
+        'x-accel-buffering': 'no',
+        'x-request-id': String(request.id),
+      });
+      let sequence = 0;
+      const send = (event: string, data: unknown) => {
+        sequence += 1;
+        raw.write(`id: ${sequence}\nevent: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+      };
+      let last = jobView(job);
+      send('status', last);
+      if (TERMINAL.has(job.status)) {
+        raw.end();
+        return;
+      }
+
+      let ended = false;
+      let checking = false;
+      const end = () => {
+        if (ended) return;
+        ended = true;
+        clearInterval(poll);
+        clearInterval(heartbeat);
+        unsubscribe();
+        openStreams.delete(end);
+        raw.end();
+      };
+      const check = async () => {
+        if (ended || checking) return;
+        checking = true;
+        try {
+          const current = await prisma.job.findFirst({ where: { id: job.id, tenantId } });
+          if (!current || ended) return;
+          const view = jobView(current);
+          if (view.status !== last.status || view.stage !== last.stage || view.progress !== last.progress) {
+            last = view;
+            send('status', view);
+          }
+          if (TERMINAL.has(current.status)) end();
+        } catch (err) {
+          // A database hiccup: keep the stream open and try again at the next tick.
+          request.log.warn({ jobId: job.id, err: (err as Error).message }, 'SSE status check failed');
+        } finally {
+          checking = false;
+        }
+      };
+      const unsubscribe = events.subscribe(job.id, (kind, data) => {
+        if (ended) return;
+        if (kind === 'progress') send('progress', data);
+        else void check();
+      });
+      const poll = setInterval(() => void check(), SSE_POLL_MS);
+      const heartbeat = setInterval(() => raw.write(': keep-alive\n\n'), SSE_HEARTBEAT_MS);
+      openStreams.add(end);
+      request.raw.on('close', end);
+      // The job may have changed between the first read and the subscription.
+      void check();
+    },
+  );
+};
+
+async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,136 @@
+// POST/GET /v1/models: ONNX uploads, streamed into the artifact store and checked before a row exists.
+import type { OnnxModel } from '@prisma/client';
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+import type { AppContext } from '../context.js';
+import { BadRequestError, NotFoundError } from '../errors.js';
+import { inspectModelUpload, type TensorInfo } from '../onnx.js';
+import { principalOf } from '../auth.js';
+import { IdParamsSchema, ModelPageSchema, ModelSchema, PageQuerySchema } from '../schemas.js';
+import { AUTH, cleanFileName, isUniqueViolation, problems } from './common.js';
+import { receiveUpload, removeIfUnreferenced } from './uploads.js';
+
+function publicTensor(t: TensorInfo) {
+  return { name: t.name, type: t.type, dims: t.dims };
+}
+
+export function modelView(model: OnnxModel) {
+  return {
+    id: model.id,
+    name: model.name,
+    sha256: model.sha256,
+    bytes: Number(model.bytes),
+    opset: model.opset,
+    inputs: (model.inputs as unknown as TensorInfo[]).map(publicTensor),
+    outputs: (model.outputs as unknown as TensorInfo[]).map(publicTensor),
+    params: model.params === null ? null : Number(model.params),
+    macs: model.macs === null ? null : Number(model.macs),
+    createdAt: model.createdAt.toISOString(),
+  };
+}
+
+export const modelRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app, { ctx }) => {
+  const { prisma, store, config } = ctx;
+
+  app.post(
+    '/v1/models',
+    {
+      schema: {
+        summary: 'Upload an ONNX model',
+        description:
+          'multipart/form-data with the .onnx in field `file`. The model is checked (protobuf structure, no external ' +
+          'data, loads in onnxruntime). Uploading the same bytes again returns the existing model with 200.',
+        tags: ['models'],
+        security: AUTH,
+        consumes: ['multipart/form-data'],
+        response: { 200: ModelSchema, 201: ModelSchema, ...problems(400, 401, 413, 415, 422, 429, 503) },
+      },
+    },
+    async (request, reply) => {
+      const { tenantId } = principalOf(request);
+      const upload = await receiveUpload(request, store, config.maxModelBytes, 'the .onnx model');
+      const name = cleanFileName(upload.fileName, 'model.onnx');
+      const existing = await prisma.onnxModel.findUnique({ where: { tenantId_sha256: { tenantId, sha256: upload.stored.sha256 } } });
+      if (existing) return reply.code(200).send(modelView(existing));
+
+      let inspection;
+      try {
+        inspection = await inspectModelUpload(store.pathFor(upload.stored.key), name, config.ortThreads);
+      } catch (err) {
+        await removeIfUnreferenced(prisma, store, upload.stored.key);
+        throw err;
+      }
+      let model: OnnxModel;
+      try {
+        model = await prisma.onnxModel.create({
+          data: {
+            tenantId,
+            name,
+            sha256: upload.stored.sha256,
+            bytes: BigInt(upload.stored.bytes),
+            storageKey: upload.stored.key,
+            opset: inspection.summary.opset,
+            inputs: inspection.inputs as object[],
+            outputs: inspection.outputs as object[],
+            // every initializer element; replaced by the engine's count (weights only) once analyze has run
+            params: BigInt(inspection.summary.params),
+          },
+        });
+      } catch (err) {
+        // The same bytes uploaded concurrently: the other request created the row; answer like a duplicate.
+        if (!isUniqueViolation(err)) throw err;
+        const raced = await prisma.onnxModel.findUniqueOrThrow({ where: { tenantId_sha256: { tenantId, sha256: upload.stored.sha256 } } });
+        return reply.code(200).send(modelView(raced));
+      }
+      request.log.info({ modelId: model.id, bytes: upload.stored.bytes, opset: inspection.summary.opset, ops: inspection.summary.opCounts }, 'model uploaded');
+      void ctx.analyzer?.schedule(model.id, store.pathFor(model.storageKey));
+      return reply.code(201).header('location', `/v1/models/${model.id}`).send(modelView(model));
+    },
+  );
+
+  app.get(
+    '/v1/models',
+    {
+      schema: {
+        summary: "List this tenant's models, newest first",
+        tags: ['models'],
+        security: AUTH,
+        querystring: PageQuerySchema,
+        response: { 200: ModelPageSchema, ...problems(400, 401, 429, 503) },
+      },
+    },
+    async (request) => {
+      const { tenantId } = principalOf(request);
+      const { limit, cursor } = request.query;
+      if (cursor && !(await prisma.onnxModel.findFirst({ where: { id: cursor, tenantId }, select: { id: true } }))) {
+        throw new BadRequestError('cursor does not name a model of this tenant; pass the nextCursor of the previous page');
+      }
+      const rows = await prisma.onnxModel.findMany({
+        where: { tenantId },
+        orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
+        take: limit + 1,
+        ...(cursor ? { cursor: { id: cursor }, skip: 1 } : {}),
+      });
+      const page = rows.slice(0, limit);
+      return { items: page.map(modelView), nextCursor: rows.length > limit ? (page[page.length - 1]?.id ?? null) : null };
+    },
+  );
+
+  app.get(
+    '/v1/models/:id',
+    {
+      schema: {
+        summary: 'Get one model',
+        tags: ['models'],
+        security: AUTH,
+        params: IdParamsSchema,
+        response: { 200: ModelSchema, ...problems(400, 401, 404, 429, 503) },
+      },
+    },
+    async (request) => {
+      const { tenantId } = principalOf(request);
+      const model = await prisma.onnxModel.findFirst({ where: { id: request.params.id, tenantId } });
+      if (!model) throw new NotFoundError(`model ${request.params.id} does not exist for this API key's tenant`);
+      return modelView(model);
+    },
+  );
+};

@@ -1,0 +1,103 @@
+// Service configuration: read from the environment once, validated with zod. Nothing else reads process.env.
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { z } from 'zod';
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+/** When compiled, this file lives in dist/src; the repository root is one level further up. */
+const defaultRepoRoot = path.basename(repoRoot) === 'dist' ? path.dirname(repoRoot) : repoRoot;
+
+const MB = 1024 * 1024;
+
+const intFromEnv = (fallback: number, min: number) => z.coerce.number().int().min(min).default(fallback);
+
+const configSchema = z.object({
+  PORT: z.coerce.number().int().min(0).max(65535).default(8080),
+  HOST: z.string().min(1).default('0.0.0.0'),
+  DATABASE_URL: z
+    .string({ error: 'DATABASE_URL is required, e.g. postgresql://postgres@127.0.0.1:5432/tuckerize' })
+    .regex(/^postgres(ql)?:\/\//, 'DATABASE_URL must be a postgresql:// URL'),
+  REDIS_URL: z
+    .string()
+    .regex(/^rediss?:\/\//, 'REDIS_URL must be a redis:// or rediss:// URL')
+    .default('redis://127.0.0.1:6379'),
+  STORAGE_DIR: z.string().min(1).default('./.data/storage'),
+  ENGINE_PYTHON: z.string().min(1).default('/usr/bin/python3'),
+  ENGINE_DIR: z.string().min(1).default(path.join(defaultRepoRoot, 'engine')),
+  WORKER_CONCURRENCY: intFromEnv(1, 1),
+  JOB_TIMEOUT_MS: intFromEnv(2 * 60 * 60 * 1000, 1000),
+  MAX_MODEL_BYTES: intFromEnv(600 * MB, 1),
+  MAX_DATASET_BYTES: intFromEnv(1024 * MB, 1),
+  QUEUE_PREFIX: z
+    .string()
+    .regex(/^[A-Za-z0-9_.:-]+$/, 'QUEUE_PREFIX may contain letters, digits and _ . : - only')
+    .default('tuckerize'),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  ADMIN_KEY: z.string().min(16, 'ADMIN_KEY must be at least 16 characters').optional(),
+  RATE_LIMIT_PER_MINUTE: intFromEnv(600, 1),
+  ORT_THREADS: intFromEnv(1, 1),
+  ENGINE_THREADS: intFromEnv(2, 1),
+});
+
+export interface Config {
+  port: number;
+  host: string;
+  databaseUrl: string;
+  redisUrl: string;
+  /** absolute path */
+  storageDir: string;
+  enginePython: string;
+  /** absolute path; PYTHONPATH for the engine */
+  engineDir: string;
+  workerConcurrency: number;
+  jobTimeoutMs: number;
+  maxModelBytes: number;
+  maxDatasetBytes: number;
+  queuePrefix: string;
+  logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  adminKey: string | undefined;
+  rateLimitPerMinute: number;
+  ortThreads: number;
+  engineThreads: number;
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+/** Empty strings count as unset, so `FOO=` in an env file falls back to the default instead of failing. */
+function withoutEmpty(env: NodeJS.ProcessEnv): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [key, value] of Object.entries(env)) {
+    if (value !== undefined && value !== '') out[key] = value;
+  }
+  return out;
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const parsed = configSchema.safeParse(withoutEmpty(env));
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`);
+    throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
+  }
+  const e = parsed.data;
+  return {
+    port: e.PORT,
+    host: e.HOST,
+    databaseUrl: e.DATABASE_URL,
+    redisUrl: e.REDIS_URL,
+    storageDir: path.resolve(e.STORAGE_DIR),
+    enginePython: e.ENGINE_PYTHON,
+    engineDir: path.resolve(e.ENGINE_DIR),
+    workerConcurrency: e.WORKER_CONCURRENCY,
+    jobTimeoutMs: e.JOB_TIMEOUT_MS,
+    maxModelBytes: e.MAX_MODEL_BYTES,
+    maxDatasetBytes: e.MAX_DATASET_BYTES,
+    queuePrefix: e.QUEUE_PREFIX,
+    logLevel: e.LOG_LEVEL,
+    adminKey: e.ADMIN_KEY,
+    rateLimitPerMinute: e.RATE_LIMIT_PER_MINUTE,
+    ortThreads: e.ORT_THREADS,
+    engineThreads: e.ENGINE_THREADS,
+  };
+}

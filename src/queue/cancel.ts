@@ -1,0 +1,48 @@
+// Worker side of cancellation: one subscriber connection per worker process, fanned out by job id.
+import { Redis, type RedisOptions } from 'ioredis';
+import { cancelChannel } from './index.js';
+
+export type CancelListener = () => void;
+
+export class CancelBus {
+  private readonly listeners = new Map<string, Set<CancelListener>>();
+  private readonly subscriber: Redis;
+  private readonly channel: string;
+
+  private constructor(subscriber: Redis, channel: string) {
+    this.subscriber = subscriber;
+    this.channel = channel;
+    subscriber.on('message', (channel: string, jobId: string) => {
+      if (channel !== this.channel) return;
+      for (const listener of this.listeners.get(jobId) ?? []) listener();
+    });
+  }
+
+  /** Subscribes before resolving, so a cancel published afterwards is never missed. */
+  static async connect(redisUrl: string, prefix: string, options: RedisOptions = {}): Promise<CancelBus> {
+    // A connection in subscriber mode cannot run other commands: it is dedicated to this bus.
+    const subscriber = new Redis(redisUrl, { maxRetriesPerRequest: null, ...options });
+    const bus = new CancelBus(subscriber, cancelChannel(prefix));
+    await subscriber.subscribe(bus.channel);
+    return bus;
+  }
+
+  /** Returns the unsubscribe function. */
+  on(jobId: string, listener: CancelListener): () => void {
+    let set = this.listeners.get(jobId);
+    if (!set) {
+      set = new Set();
+      this.listeners.set(jobId, set);
+    }
+    set.add(listener);
+    return () => {
+      set.delete(listener);
+      if (set.size === 0) this.listeners.delete(jobId);
+    };
+  }
+
+  async close(): Promise<void> {
+    this.listeners.clear();
+    await this.subscriber.quit();
+  }
+}

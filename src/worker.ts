@@ -1,0 +1,33 @@
+// Worker process: `npm run worker`. Config from the environment; SIGTERM/SIGINT drain (no new jobs,
+// running ones finish), a second signal exits at once (BullMQ's stall detection then hands the job on).
+import { pino } from 'pino';
+import { loadConfig } from './config.js';
+import { startWorker } from './worker/runner.js';
+
+const config = loadConfig();
+const logger = pino({ level: config.logLevel, base: { service: 'worker' } });
+
+try {
+  const running = await startWorker(config, { logger });
+  let signals = 0;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    signals += 1;
+    if (signals > 1) {
+      logger.warn({ signal }, 'second signal: exiting without waiting for running jobs');
+      process.exit(1);
+    }
+    logger.info({ signal }, 'draining: no new jobs, waiting for running ones');
+    running.close().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        logger.error({ err }, 'error while closing the worker');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+} catch (err) {
+  logger.fatal({ err }, 'worker failed to start');
+  process.exit(1);
+}

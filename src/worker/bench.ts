@@ -1,0 +1,394 @@
+// Benchmark harness: export zoo networks, compress them with the engine at the paper's MACs
+// reductions, and measure them with onnxruntime-node (verifyAndMeasure, profileLayers). Markdown
+// rendering for BENCHMARKS.md lives here too so the table layout is tested with the quick run.
+// benchmarks/run.ts is the command line around it.
+import { execFile } from 'node:child_process';
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import * as ort from 'onnxruntime-node';
+import { formatProfileTable, profileLayers, type LayerProfile } from './profile.js';
+import {
+  verifyAndMeasure, type ExecutionMode, type GraphOptimizationLevel, type MeasurementReport,
+} from './verify.js';
+
+const execFileAsync = promisify(execFile);
+
+export interface PaperSpeedup {
+  /** the MACs reduction Kim et al. 2016 report for the network (Table 1/2) */
+  macsReduction: number;
+  galaxyS6: number;
+  titanX: number;
+}
+
+export interface BenchCase {
+  model: string;
+  inputSize: number;
+  rule: 'vbmf' | 'budget' | 'latency';
+  /** MACs reduction asked of the budget rule (target-macs = 1 / this) */
+  targetMacsReduction?: number;
+  paper?: PaperSpeedup;
+}
+
+export interface SessionExperiment {
+  label: string;
+  threads: number;
+  graphOptimizationLevel: GraphOptimizationLevel;
+  executionMode: ExecutionMode;
+}
+
+export interface BenchSettings {
+  python: string;
+  repoRoot: string;
+  /** where compressed models, plans and timing files go */
+  workDir: string;
+  /** environment for the engine (PYTHONPATH is set on top of it) */
+  baseEnv: NodeJS.ProcessEnv;
+  threads: number;
+  batch: number;
+  runs: number;
+  warmup: number;
+  seed: number;
+  dynamicBatch: boolean;
+  log: (line: string) => void;
+}
+
+export interface CompressionRun {
+  command: string;
+  exitCode: number;
+  wallSeconds: number;
+  peakRssBytes: number;
+  /** the engine's one-line summary or its error */
+  message: string;
+  output: string;
+  plan: string;
+}
+
+export interface CaseResult {
+  benchCase: BenchCase;
+  originalPath: string;
+  compression: CompressionRun;
+  measurement: MeasurementReport | null;
+  /** why no measurement, when compression or verification failed */
+  error: string | null;
+}
+
+export interface ExperimentResult {
+  experiment: SessionExperiment;
+  measurement: MeasurementReport | null;
+  error: string | null;
+}
+
+export interface BenchResults {
+  mode: 'full' | 'quick';
+  command: string;
+  date: string;
+  cpu: string;
+  cores: number;
+  loadAverageStart: number[];
+  loadAverageEnd: number[];
+  ortVersion: string;
+  settings: Pick<BenchSettings, 'threads' | 'batch' | 'runs' | 'warmup' | 'seed'>;
+  cases: CaseResult[];
+  rules: { model: string; inputSize: number; results: CaseResult[] } | null;
+  experiments: { model: string; inputSize: number; targetMacsReduction: number; results: ExperimentResult[] } | null;
+  profile: { model: string; inputSize: number; profile: LayerProfile | null; error: string | null } | null;
+}
+
+export function cpuModel(): string {
+  return os.cpus()[0]?.model.trim() ?? 'unknown CPU';
+}
+
+function engineEnv(settings: BenchSettings): NodeJS.ProcessEnv {
+  const engine = path.join(settings.repoRoot, 'engine');
+  return { ...settings.baseEnv, PYTHONPATH: [engine, path.join(engine, 'tests')].join(path.delimiter) };
+}
+
+/** The zoo export, cached by the engine tests' zoo_cache (shared, locked, written atomically). */
+export async function exportZooModel(settings: BenchSettings, name: string, inputSize: number): Promise<string> {
+  const script = 'import sys\nfrom zoo_cache import zoo_path\n'
+    + 'print(zoo_path(sys.argv[1], 13, int(sys.argv[2]), dynamic_batch=sys.argv[3] == "1"))';
+  const { stdout } = await execFileAsync(
+    settings.python, ['-c', script, name, String(inputSize), settings.dynamicBatch ? '1' : '0'],
+    { env: engineEnv(settings), maxBuffer: 16 * 1024 * 1024 },
+  );
+  const lines = stdout.trim().split('\n');
+  return lines[lines.length - 1]!;
+}
+
+function ruleArgs(c: BenchCase): string[] {
+  if (c.rule === 'budget') {
+    if (!c.targetMacsReduction) throw new RangeError(`case ${c.model}: the budget rule needs targetMacsReduction`);
+    return ['--rule', 'budget', '--target-macs', (1 / c.targetMacsReduction).toFixed(6)];
+  }
+  return ['--rule', c.rule];
+}
+
+export function caseLabel(c: BenchCase): string {
+  return `${c.model}-${c.inputSize}-${c.rule}${c.targetMacsReduction ? `-${c.targetMacsReduction}x` : ''}`;
+}
+
+export async function compressWithEngine(settings: BenchSettings, input: string, c: BenchCase): Promise<CompressionRun> {
+  const label = caseLabel(c);
+  const output = path.join(settings.workDir, `${label}.onnx`);
+  const plan = path.join(settings.workDir, `${label}.plan.json`);
+  const timing = path.join(settings.workDir, `${label}.rss.json`);
+  const engineArgs = ['-m', 'tuckerize', 'compress', input, '-o', output, '--plan-out', plan, ...ruleArgs(c)];
+  const wrapper = path.join(settings.repoRoot, 'benchmarks', 'peak_rss.py');
+  let message = '';
+  try {
+    const { stdout } = await execFileAsync(settings.python, [wrapper, timing, '--', settings.python, ...engineArgs], {
+      env: engineEnv(settings), maxBuffer: 64 * 1024 * 1024,
+    });
+    message = stdout.trim().split('\n').pop() ?? '';
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    message = (e.stderr ?? e.message).trim().split('\n').pop() ?? e.message;
+  }
+  const measured = JSON.parse(await readFile(timing, 'utf8').catch(() => '{"exitCode":-1,"wallSeconds":0,"peakRssBytes":0}')) as {
+    exitCode: number; wallSeconds: number; peakRssBytes: number;
+  };
+  return {
+    command: `python3 -m tuckerize compress ${path.basename(input)} -o ${path.basename(output)} ${ruleArgs(c).join(' ')}`,
+    ...measured,
+    message,
+    output,
+    plan,
+  };
+}
+
+async function runCase(settings: BenchSettings, c: BenchCase, sessionExtras: Partial<SessionExperiment> = {}): Promise<CaseResult> {
+  settings.log(`[bench] ${caseLabel(c)}: export`);
+  const originalPath = await exportZooModel(settings, c.model, c.inputSize);
+  settings.log(`[bench] ${caseLabel(c)}: compress`);
+  const compression = await compressWithEngine(settings, originalPath, c);
+  if (compression.exitCode !== 0) {
+    return { benchCase: c, originalPath, compression, measurement: null, error: `engine exit ${compression.exitCode}: ${compression.message}` };
+  }
+  settings.log(`[bench] ${caseLabel(c)}: measure (${compression.wallSeconds.toFixed(1)} s to compress)`);
+  try {
+    const measurement = await verifyAndMeasure({
+      originalPath,
+      compressedPath: compression.output,
+      threads: sessionExtras.threads ?? settings.threads,
+      batch: settings.batch,
+      runs: settings.runs,
+      warmup: settings.warmup,
+      seed: settings.seed,
+      graphOptimizationLevel: sessionExtras.graphOptimizationLevel,
+      executionMode: sessionExtras.executionMode,
+    });
+    return { benchCase: c, originalPath, compression, measurement, error: null };
+  } catch (err) {
+    return { benchCase: c, originalPath, compression, measurement: null, error: (err as Error).message };
+  }
+}
+
+export interface BenchPlan {
+  mode: 'full' | 'quick';
+  command: string;
+  cases: BenchCase[];
+  /** one model compressed with each rule in the same run */
+  rules: { model: string; inputSize: number; targetMacsReduction: number } | null;
+  /** session-option variants measured on one compressed case (the first case of this model) */
+  experiments: { model: string; inputSize: number; targetMacsReduction: number; variants: SessionExperiment[] } | null;
+  /** per-layer profile of one case */
+  profile: { model: string; inputSize: number; targetMacsReduction: number } | null;
+}
+
+export async function runBenchmarks(settings: BenchSettings, plan: BenchPlan): Promise<BenchResults> {
+  await mkdir(settings.workDir, { recursive: true });
+  const loadAverageStart = os.loadavg();
+  const cases: CaseResult[] = [];
+  for (const c of plan.cases) cases.push(await runCase(settings, c));
+  const findBudget = (model: string, inputSize: number, reduction: number) => cases.find(
+    (r) => r.benchCase.model === model && r.benchCase.inputSize === inputSize && r.benchCase.rule === 'budget'
+      && r.benchCase.targetMacsReduction === reduction,
+  );
+
+  let rules: BenchResults['rules'] = null;
+  if (plan.rules) {
+    const { model, inputSize, targetMacsReduction } = plan.rules;
+    const results: CaseResult[] = [];
+    for (const rule of ['vbmf', 'budget', 'latency'] as const) {
+      const c: BenchCase = { model, inputSize, rule, ...(rule === 'budget' ? { targetMacsReduction } : {}) };
+      results.push((rule === 'budget' && findBudget(model, inputSize, targetMacsReduction)) || await runCase(settings, c));
+    }
+    rules = { model, inputSize, results };
+  }
+
+  let experiments: BenchResults['experiments'] = null;
+  if (plan.experiments) {
+    const { model, inputSize, targetMacsReduction, variants } = plan.experiments;
+    const base = findBudget(model, inputSize, targetMacsReduction);
+    const results: ExperimentResult[] = [];
+    for (const experiment of variants) {
+      settings.log(`[bench] session experiment ${experiment.label}`);
+      if (!base || base.compression.exitCode !== 0) {
+        results.push({ experiment, measurement: null, error: `no compressed ${model} to measure` });
+        continue;
+      }
+      try {
+        const measurement = await verifyAndMeasure({
+          originalPath: base.originalPath, compressedPath: base.compression.output,
+          threads: experiment.threads, batch: 1, runs: settings.runs, warmup: settings.warmup, seed: settings.seed,
+          graphOptimizationLevel: experiment.graphOptimizationLevel, executionMode: experiment.executionMode, samples: 1,
+        });
+        results.push({ experiment, measurement, error: null });
+      } catch (err) {
+        results.push({ experiment, measurement: null, error: (err as Error).message });
+      }
+    }
+    experiments = { model, inputSize, targetMacsReduction, results };
+  }
+
+  let profile: BenchResults['profile'] = null;
+  if (plan.profile) {
+    const { model, inputSize, targetMacsReduction } = plan.profile;
+    const base = findBudget(model, inputSize, targetMacsReduction);
+    settings.log(`[bench] per-layer profile of ${model}`);
+    if (!base || base.compression.exitCode !== 0) {
+      profile = { model, inputSize, profile: null, error: `no compressed ${model} to profile` };
+    } else {
+      try {
+        const p = await profileLayers({
+          originalPath: base.originalPath, compressedPath: base.compression.output, planPath: base.compression.plan,
+          threads: settings.threads, runs: settings.runs, warmup: settings.warmup, seed: settings.seed,
+        });
+        profile = { model, inputSize, profile: p, error: null };
+      } catch (err) {
+        profile = { model, inputSize, profile: null, error: (err as Error).message };
+      }
+    }
+  }
+
+  return {
+    mode: plan.mode,
+    command: plan.command,
+    date: new Date().toISOString(),
+    cpu: cpuModel(),
+    cores: os.cpus().length,
+    loadAverageStart,
+    loadAverageEnd: os.loadavg(),
+    ortVersion: ort.env.versions.node ?? ort.env.versions.common,
+    settings: { threads: settings.threads, batch: settings.batch, runs: settings.runs, warmup: settings.warmup, seed: settings.seed },
+    cases,
+    rules,
+    experiments,
+    profile,
+  };
+}
+
+export async function removeWorkDir(settings: BenchSettings): Promise<void> {
+  await rm(settings.workDir, { recursive: true, force: true });
+}
+
+// ---------------------------------------------------------------- markdown
+
+const x = (v: number | undefined | null, digits = 2) => (v === undefined || v === null || !Number.isFinite(v) ? '—' : `${v.toFixed(digits)}×`);
+const num = (v: number, digits = 2) => (Number.isFinite(v) ? v.toFixed(digits) : String(v));
+const giga = (v: number) => (v / 1e9).toFixed(3);
+const mega = (v: number) => (v / 1e6).toFixed(2);
+
+function speedupAt(m: MeasurementReport, batch: number) {
+  return m.latency.find((l) => l.batch === batch);
+}
+
+function header(r: BenchResults, title: string): string[] {
+  return [
+    `${title} — command \`${r.command}\`; onnxruntime-node ${r.ortVersion}, CPU execution provider, `
+      + `${r.settings.threads} intra-op thread(s), inter-op 1; CPU ${r.cpu} (${r.cores} cores); ${r.date.slice(0, 16).replace('T', ' ')} UTC; `
+      + `${r.settings.runs} timed runs after ${r.settings.warmup} warm-up runs per model and batch, original and compressed interleaved; `
+      + `load average ${r.loadAverageStart.map((v) => v.toFixed(1)).join('/')} at start, ${r.loadAverageEnd.map((v) => v.toFixed(1)).join('/')} at end.`,
+    '',
+  ];
+}
+
+function caseRows(results: CaseResult[], batch: number): string[] {
+  const rows = [
+    `| network | input | rule | MACs before (G) | MACs after (G) | MACs reduction | weights reduction | batch 1: original / compressed (ms) | batch 1 speed-up | speed-up ÷ MACs reduction | batch ${batch} speed-up | batch ${batch} ÷ MACs reduction | paper: MACs reduction | paper: Galaxy S6 | paper: Titan X | energy reduction (estimate) | output rel. error (random weights) |`,
+    '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+  ];
+  for (const r of results) {
+    const c = r.benchCase;
+    const rule = c.rule === 'budget' ? `budget 1/${c.targetMacsReduction}` : c.rule;
+    if (!r.measurement) {
+      rows.push(`| ${c.model} | ${c.inputSize} | ${rule} | not measured: ${r.error?.replace(/\|/g, '/').slice(0, 300)} |||||||||||||`);
+      continue;
+    }
+    const m = r.measurement;
+    const b1 = speedupAt(m, 1);
+    const bN = speedupAt(m, batch);
+    const macs = m.table1.macs.ratio;
+    rows.push(`| ${c.model} | ${c.inputSize} | ${rule} | ${giga(m.table1.macs.before)} | ${giga(m.table1.macs.after)} | ${x(macs)} | `
+      + `${x(m.table1.weights.ratio)} | ${b1 ? `${num(b1.original.medianMs, 1)} / ${num(b1.compressed.medianMs, 1)}` : '—'} | `
+      + `${x(b1?.speedup)} | ${b1 ? num(b1.speedup / macs) : '—'} | ${x(bN?.speedup)} | ${bN ? num(bN.speedup / macs) : '—'} | `
+      + `${x(c.paper?.macsReduction)} | ${x(c.paper?.galaxyS6)} | ${x(c.paper?.titanX)} | `
+      + `${x(m.table1.energyMillijoulesEstimate.ratio)} | ${num(m.fidelity.compressed.maxRelativeError, 3)} |`);
+  }
+  return rows;
+}
+
+function compressionRows(results: CaseResult[]): string[] {
+  const rows = [
+    '| network | input | rule | engine command | exit | wall time (s) | peak memory (MiB) | engine summary |',
+    '|---|---|---|---|---:|---:|---:|---|',
+  ];
+  for (const r of results) {
+    const c = r.benchCase;
+    rows.push(`| ${c.model} | ${c.inputSize} | ${c.rule} | \`${r.compression.command}\` | ${r.compression.exitCode} | `
+      + `${num(r.compression.wallSeconds, 1)} | ${(r.compression.peakRssBytes / 2 ** 20).toFixed(0)} | ${r.compression.message.replace(/\|/g, '/')} |`);
+  }
+  return rows;
+}
+
+export function renderMarkdown(r: BenchResults): string {
+  const out: string[] = [
+    '# Benchmarks',
+    '',
+    r.mode === 'quick'
+      ? '_Quick mode: small inputs and few runs, to exercise the harness. Not for comparison with the paper._'
+      : 'Written by `make bench` (`npm run bench`, benchmarks/run.ts). Every number below was measured by that run on the machine named; '
+        + 'the paper\'s speed-ups are quoted from Kim et al., ICLR 2016, Table 2 for comparison. Networks are torchvision architectures '
+        + '(VGG-S: the engine\'s Chatfield CNN-S) with random weights, so accuracy is not measured here; "output rel. error" is '
+        + '‖y − ŷ‖/‖y‖ on random inputs before fine-tuning.',
+    '',
+    '## Speed-up at the paper\'s MACs reductions',
+    '',
+    ...header(r, 'Measured'),
+    ...caseRows(r.cases, r.settings.batch),
+    '',
+    'Speed-up = median latency of the original ÷ median latency of the compressed model (interleaved runs). '
+      + 'Energy is an estimate (Horowitz ISSCC 2014, 45 nm: 4.6 pJ per fp32 MAC, 160 pJ per DRAM byte; weights read once, '
+      + 'activations written and read once), not a measurement.',
+    '',
+    '## Compression time and peak memory',
+    '',
+    ...compressionRows([...r.cases, ...(r.rules?.results.filter((c) => !r.cases.includes(c)) ?? [])]),
+    '',
+  ];
+  if (r.rules) {
+    out.push(`## Rules on the same network: ${r.rules.model} at ${r.rules.inputSize}`, '', ...header(r, 'Measured'),
+      ...caseRows(r.rules.results, r.settings.batch), '');
+  }
+  if (r.experiments) {
+    out.push(`## onnxruntime session options: ${r.experiments.model} at ${r.experiments.inputSize}, budget 1/${r.experiments.targetMacsReduction}`, '',
+      `Command \`${r.command}\`; batch 1; ${r.settings.runs} interleaved runs after ${r.settings.warmup} warm-up runs; CPU ${r.cpu}; ${r.date.slice(0, 10)}.`, '',
+      '| setting | threads | graph optimisation | execution mode | original (ms) | compressed (ms) | speed-up |',
+      '|---|---:|---|---|---:|---:|---:|');
+    for (const e of r.experiments.results) {
+      const l = e.measurement?.latency[0];
+      out.push(`| ${e.experiment.label} | ${e.experiment.threads} | ${e.experiment.graphOptimizationLevel} | ${e.experiment.executionMode} | `
+        + (l ? `${num(l.original.medianMs, 1)} | ${num(l.compressed.medianMs, 1)} | ${x(l.speedup)} |` : `not measured: ${e.error} |||`));
+    }
+    out.push('');
+  }
+  if (r.profile) {
+    out.push(`## Per-layer profile: ${r.profile.model} at ${r.profile.inputSize}`, '',
+      `Each rewritten layer's original node and its replacement chain as standalone models at the layer's real input shape (batch 1), `
+        + `timed interleaved; ${r.settings.threads} thread(s); CPU ${r.cpu}; ${r.date.slice(0, 10)}. ⚠ marks layers whose time fell by less than half as much as their MACs.`, '');
+    out.push(r.profile.profile ? formatProfileTable(r.profile.profile) : `Not measured: ${r.profile.error}`, '');
+  }
+  return out.join('\n');
+}

@@ -1,0 +1,244 @@
+// Per-layer profile: each rewritten layer's original node against its replacement chain, as two
+// standalone models at the layer's real input shape, timed interleaved in onnxruntime. The table shows
+// where MACs fell but time did not (the paper's caveat: 1×1 convolutions are cache-unfriendly).
+//
+// The chain is found from the graphs, not from naming conventions: the engine's surgery keeps the
+// layer's data input X and output Y, so the replacement is every compressed-graph node on the paths
+// from X to Y. plan.json, when given, labels rows (kind, ranks) and says which layers were kept.
+import { readFile } from 'node:fs/promises';
+import * as ort from 'onnxruntime-node';
+import { z } from 'zod';
+import {
+  buildSubgraphModel, nodeMacs, observeTensorShapes, ONNX_FLOAT, parseOnnxModel, readOnnxModel,
+  type OnnxModelInfo, type OnnxNode,
+} from './onnx-info.js';
+import {
+  fillNormal, latencyStats, MIN_TIMED_RUNS, resolveInputShape, seededUniform, sessionOptions, timeInterleaved,
+  type ExecutionMode, type GraphOptimizationLevel, type LatencyStats,
+} from './verify.js';
+
+const COMPUTE_OPS = new Set(['Conv', 'Gemm', 'MatMul']);
+/** A Tucker-2 chain is 3 nodes; anything much longer means the walk escaped the layer. */
+const MAX_CHAIN_NODES = 8;
+
+const planSchema = z.object({
+  layers: z.array(z.object({
+    name: z.string(),
+    kind: z.string(),
+    ranks: z.array(z.number()).optional(),
+    weight: z.string().nullable().optional(),
+    reason: z.string().nullable().optional(),
+  }).passthrough()),
+}).passthrough();
+export type PlanFile = z.infer<typeof planSchema>;
+type PlanLayer = PlanFile['layers'][number];
+
+export interface ProfileOptions {
+  originalPath: string;
+  compressedPath: string;
+  planPath?: string;
+  threads: number;
+  runs: number;
+  warmup: number;
+  seed: number;
+  /** [N, C, H, W] where the model's input has dynamic non-batch dimensions; batch 1 is profiled */
+  inputShape?: number[];
+  graphOptimizationLevel?: GraphOptimizationLevel;
+  executionMode?: ExecutionMode;
+}
+
+export interface LayerProfileRow {
+  layer: string;
+  opType: string;
+  kind: string;
+  ranks: number[] | null;
+  replacement: string[];
+  inputShape: number[];
+  macs: { original: number; replacement: number; ratio: number };
+  original: LatencyStats;
+  replacementTime: LatencyStats;
+  /** original median / replacement median */
+  speedup: number;
+  /** speedup ÷ MACs ratio: 1 means time fell as much as MACs did */
+  efficiency: number;
+}
+
+export interface LayerProfile {
+  threads: number;
+  runs: number;
+  warmup: number;
+  graphOptimizationLevel: GraphOptimizationLevel;
+  rows: LayerProfileRow[];
+  /** layers not profiled, with why (kept by the plan, or no separable replacement found) */
+  skipped: Array<{ layer: string; reason: string }>;
+}
+
+export async function readPlan(path: string): Promise<PlanFile> {
+  const parsed = planSchema.safeParse(JSON.parse(await readFile(path, 'utf8')));
+  if (!parsed.success) throw new Error(`${path} is not a plan.json with layers[{name, kind}]: ${parsed.error.message}`);
+  return parsed.data;
+}
+
+function producers(model: OnnxModelInfo): Map<string, OnnxNode> {
+  const map = new Map<string, OnnxNode>();
+  for (const node of model.nodes) for (const out of node.outputs) if (out !== '') map.set(out, node);
+  return map;
+}
+
+/**
+ * The compressed-graph nodes computing `output` from `input`, in graph (topological) order, or a
+ * reason why the layer does not separate into such a chain.
+ */
+export function replacementChain(compressed: OnnxModelInfo, input: string, output: string): OnnxNode[] | string {
+  const producedBy = producers(compressed);
+  const graphInputs = new Set(compressed.inputs.map((i) => i.name));
+  const chain = new Set<OnnxNode>();
+  const pending = [output];
+  while (pending.length > 0) {
+    const tensor = pending.pop()!;
+    if (tensor === input || tensor === '' || compressed.initializers.has(tensor)) continue;
+    const node = producedBy.get(tensor);
+    if (!node) {
+      return graphInputs.has(tensor)
+        ? `the replacement of ${output} also reads graph input ${tensor}`
+        : `no node of the compressed graph produces ${tensor}`;
+    }
+    if (chain.has(node)) continue;
+    chain.add(node);
+    if (chain.size > MAX_CHAIN_NODES) return `more than ${MAX_CHAIN_NODES} nodes lie between ${input} and ${output}`;
+    pending.push(...node.inputs);
+  }
+  return compressed.nodes.filter((n) => chain.has(n));
+}
+
+function inferKind(chain: OnnxNode[]): string {
+  const compute = chain.filter((n) => COMPUTE_OPS.has(n.opType)).length;
+  if (compute === 3) return 'tucker2';
+  if (compute === 2) return chain[0]!.opType === 'Conv' && chain[0]!.attributes.get('kernel_shape')?.ints?.some((k) => k > 1) ? 'tucker1' : 'svd';
+  return 'other';
+}
+
+const sameNode = (a: OnnxNode, b: OnnxNode) =>
+  a.opType === b.opType && a.inputs.join('\u0000') === b.inputs.join('\u0000');
+
+async function subgraphMacs(bytes: Uint8Array, feeds: Record<string, ort.Tensor>, options: ort.InferenceSession.SessionOptions) {
+  const model = parseOnnxModel(bytes);
+  const shapes = await observeTensorShapes(model, feeds, options);
+  return model.nodes.reduce((s, n) => s + nodeMacs(n, shapes), 0);
+}
+
+export async function profileLayers(options: ProfileOptions): Promise<LayerProfile> {
+  if (!(options.runs >= MIN_TIMED_RUNS)) throw new RangeError(`runs must be at least ${MIN_TIMED_RUNS}, got ${options.runs}`);
+  const settings = {
+    threads: options.threads,
+    graphOptimizationLevel: options.graphOptimizationLevel ?? 'all' as const,
+    executionMode: options.executionMode ?? 'sequential' as const,
+  };
+  const sessOpts = sessionOptions(settings);
+  const original = await readOnnxModel(options.originalPath);
+  const compressed = await readOnnxModel(options.compressedPath);
+  const plan = options.planPath ? await readPlan(options.planPath) : null;
+  const planFor = (node: OnnxNode): PlanLayer | undefined => plan?.layers.find(
+    (l) => (l.weight && l.weight === node.inputs[1]) || l.name === node.name,
+  );
+
+  // Real input shapes of every layer, observed once on the whole original model at batch 1.
+  const uniform = seededUniform(options.seed);
+  const feeds: Record<string, ort.Tensor> = {};
+  for (const input of original.inputs) {
+    const signature = { name: input.name, type: 'float32', shape: input.shape ?? [] };
+    const dims = resolveInputShape(signature, 1, options.inputShape);
+    feeds[input.name] = new ort.Tensor('float32', fillNormal(new Float32Array(dims.reduce((a, b) => a * b, 1)), uniform), dims);
+  }
+  const shapes = await observeTensorShapes(original, feeds, sessOpts);
+  const compressedProducers = producers(compressed);
+
+  const rows: LayerProfileRow[] = [];
+  const skipped: LayerProfile['skipped'] = [];
+  for (const node of original.nodes) {
+    if (!COMPUTE_OPS.has(node.opType) || !original.initializers.has(node.inputs[1] ?? '')) continue;
+    const label = node.name || node.outputs[0]!;
+    const entry = planFor(node);
+    if (entry?.kind === 'keep') {
+      skipped.push({ layer: label, reason: `kept by the plan${entry.reason ? `: ${entry.reason}` : ''}` });
+      continue;
+    }
+    const [x, y] = [node.inputs[0]!, node.outputs[0]!];
+    const producer = compressedProducers.get(y);
+    if (producer && sameNode(producer, node)) {
+      if (entry) skipped.push({ layer: label, reason: 'the compressed graph still holds the original node' });
+      continue;
+    }
+    const chain = replacementChain(compressed, x, y);
+    if (typeof chain === 'string') {
+      skipped.push({ layer: label, reason: chain });
+      continue;
+    }
+    const xShape = shapes.get(x);
+    if (!xShape) {
+      skipped.push({ layer: label, reason: `no shape observed for its input ${x}` });
+      continue;
+    }
+    const input = { name: x, elemType: ONNX_FLOAT, shape: xShape.dims };
+    const originalBytes = buildSubgraphModel(original, [node], [input], [y]);
+    const chainBytes = buildSubgraphModel(compressed, chain, [input], [y]);
+    const layerFeeds = {
+      [x]: new ort.Tensor('float32', fillNormal(new Float32Array(xShape.dims.reduce((a, b) => a * b, 1)), uniform), xShape.dims),
+    };
+    const macsOriginal = await subgraphMacs(originalBytes, layerFeeds, sessOpts);
+    const macsReplacement = await subgraphMacs(chainBytes, layerFeeds, sessOpts);
+    const a = await ort.InferenceSession.create(originalBytes, sessOpts);
+    const b = await ort.InferenceSession.create(chainBytes, sessOpts);
+    try {
+      const t = await timeInterleaved(a, b, layerFeeds, options.runs, options.warmup);
+      const originalStats = latencyStats(t.a);
+      const replacementStats = latencyStats(t.b);
+      const macsRatio = macsOriginal / macsReplacement;
+      const speedup = originalStats.medianMs / replacementStats.medianMs;
+      rows.push({
+        layer: label,
+        opType: node.opType,
+        kind: entry?.kind ?? inferKind(chain),
+        ranks: entry?.ranks ?? null,
+        replacement: chain.map((n) => n.name || n.opType),
+        inputShape: xShape.dims,
+        macs: { original: macsOriginal, replacement: macsReplacement, ratio: macsRatio },
+        original: originalStats,
+        replacementTime: replacementStats,
+        speedup,
+        efficiency: speedup / macsRatio,
+      });
+    } finally {
+      await a.release();
+      await b.release();
+    }
+  }
+  return {
+    threads: settings.threads,
+    runs: options.runs,
+    warmup: options.warmup,
+    graphOptimizationLevel: settings.graphOptimizationLevel,
+    rows,
+    skipped,
+  };
+}
+
+const fmt = (v: number, digits = 2) => (Number.isFinite(v) ? v.toFixed(digits) : String(v));
+
+/** Markdown table; rows whose time fell by less than half of what their MACs fell are marked. */
+export function formatProfileTable(profile: LayerProfile): string {
+  const lines = [
+    '| layer | kind | ranks | input | MACs before (M) | MACs after (M) | MACs ratio | time before (ms) | time after (ms) | speed-up | speed-up ÷ MACs ratio |',
+    '|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|',
+  ];
+  for (const r of profile.rows) {
+    const flag = r.efficiency < 0.5 ? ' ⚠' : '';
+    lines.push(`| ${r.layer} | ${r.kind} | ${r.ranks?.join('/') ?? '—'} | ${r.inputShape.join('×')} | `
+      + `${(r.macs.original / 1e6).toPrecision(3)} | ${(r.macs.replacement / 1e6).toPrecision(3)} | ${fmt(r.macs.ratio)}× | `
+      + `${fmt(r.original.medianMs, 3)} | ${fmt(r.replacementTime.medianMs, 3)} | ${fmt(r.speedup)}× | ${fmt(r.efficiency)}${flag} |`);
+  }
+  if (profile.skipped.length > 0) {
+    lines.push('', `Not profiled: ${profile.skipped.map((s) => `${s.layer} (${s.reason})`).join('; ')}.`);
+  }
+  return lines.join('\n');
+}

@@ -1,0 +1,152 @@
+// Builds a BullMQ worker for compression jobs with everything it needs (Prisma, store, cancel bus).
+// src/worker.ts wraps it with signals; tests start it in-process against the real Postgres and Redis.
+import { randomBytes } from 'node:crypto';
+import { readdir, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { Worker } from 'bullmq';
+import { Redis } from 'ioredis';
+import { pino, type Logger } from 'pino';
+import type { Config } from '../config.js';
+import { createPrisma, type PrismaClient } from '../db/client.js';
+import { migrate } from '../db/migrate.js';
+import { CancelBus } from '../queue/cancel.js';
+import { COMPRESSION_QUEUE, type CompressionJobData } from '../queue/index.js';
+import { ArtifactStore } from '../store/artifacts.js';
+import { createJobProcessor, markFailedIfUnfinished, type JobOutcome, type MeasureFn, type ProcessorDeps } from './jobs.js';
+
+export interface StartWorkerOptions {
+  logger?: Logger;
+  /** Overrides verify.ts's verifyAndMeasure; null skips measurement. */
+  measure?: MeasureFn | null;
+  measureRuns?: number;
+  onEngineStarted?: ProcessorDeps['onEngineStarted'];
+  cancelPollMs?: number;
+  /** BullMQ lock/stall settings; tests shorten them to see stall recovery quickly. */
+  lockDurationMs?: number;
+  stalledIntervalMs?: number;
+}
+
+export interface RunningWorker {
+  workerId: string;
+  worker: Worker<CompressionJobData, JobOutcome>;
+  prisma: PrismaClient;
+  /** Stops taking jobs, lets running ones finish, then closes every connection. */
+  close(): Promise<void>;
+}
+
+/** Temp files older than this in the store's tmp dir are from crashed uploads or ingests. */
+const TEMP_MAX_AGE_MS = 60 * 60 * 1000;
+
+/**
+ * Job directories of jobs that are finished (or gone) in the database: left behind by a worker that died
+ * between the engine's end and the cleanup. Unfinished ones are kept, they hold resumable checkpoints.
+ */
+export async function sweepJobDirs(prisma: PrismaClient, storageDir: string, logger: Logger): Promise<number> {
+  const root = path.join(storageDir, 'jobs');
+  let names: string[];
+  try {
+    names = await readdir(root);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0;
+    throw err;
+  }
+  const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+  const ids = names.filter((n) => uuid.test(n));
+  const alive = await prisma.job.findMany({
+    where: { id: { in: ids }, status: { in: ['queued', 'running'] } },
+    select: { id: true },
+  });
+  const keep = new Set(alive.map((j) => j.id));
+  let removed = 0;
+  for (const id of ids) {
+    if (keep.has(id)) continue;
+    await rm(path.join(root, id), { recursive: true, force: true });
+    removed += 1;
+  }
+  if (removed > 0) logger.info({ removed }, 'removed job directories of finished jobs');
+  return removed;
+}
+
+/** `requeueOrphans` belongs to the API helper; called when their build provides it. */
+async function requeueOrphansIfAvailable(config: Config, prisma: PrismaClient, logger: Logger): Promise<void> {
+  const specifier = '../queue/orphans.js';
+  let mod: Record<string, unknown>;
+  try {
+    mod = (await import(specifier)) as Record<string, unknown>;
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === 'ERR_MODULE_NOT_FOUND' && e.message.includes('orphans')) return;
+    throw err;
+  }
+  if (typeof mod.requeueOrphans !== 'function') return;
+  const requeue = mod.requeueOrphans as (c: Config, p: PrismaClient, l: Logger) => Promise<unknown>;
+  const result = await requeue(config, prisma, logger);
+  logger.info({ result }, 'requeued orphaned jobs');
+}
+
+export async function startWorker(config: Config, options: StartWorkerOptions = {}): Promise<RunningWorker> {
+  const workerId = `${os.hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+  const logger = (options.logger ?? pino({ level: config.logLevel, base: { service: 'worker' } })).child({ workerId });
+
+  await migrate(config.databaseUrl);
+  const prisma = createPrisma(config.databaseUrl);
+  const store = new ArtifactStore(config.storageDir);
+  const cancels = await CancelBus.connect(config.redisUrl, config.queuePrefix);
+  // BullMQ workers block on Redis; ioredis must retry forever instead of failing their commands.
+  const connection = new Redis(config.redisUrl, { maxRetriesPerRequest: null });
+
+  await sweepJobDirs(prisma, config.storageDir, logger);
+  await store.cleanupTemp(TEMP_MAX_AGE_MS);
+  await requeueOrphansIfAvailable(config, prisma, logger);
+
+  const processor = createJobProcessor({
+    config,
+    prisma,
+    store,
+    logger,
+    cancels,
+    workerId,
+    ...(options.measure !== undefined ? { measure: options.measure } : {}),
+    ...(options.measureRuns !== undefined ? { measureRuns: options.measureRuns } : {}),
+    ...(options.onEngineStarted ? { onEngineStarted: options.onEngineStarted } : {}),
+    ...(options.cancelPollMs !== undefined ? { cancelPollMs: options.cancelPollMs } : {}),
+  });
+  const worker = new Worker<CompressionJobData, JobOutcome>(COMPRESSION_QUEUE, processor, {
+    connection,
+    prefix: config.queuePrefix,
+    concurrency: config.workerConcurrency,
+    ...(options.lockDurationMs !== undefined ? { lockDuration: options.lockDurationMs } : {}),
+    ...(options.stalledIntervalMs !== undefined ? { stalledInterval: options.stalledIntervalMs } : {}),
+  });
+
+  worker.on('failed', (job, err) => {
+    if (!job) return;
+    // Our processor records its own failures; this catches the ones BullMQ decides alone
+    // (a job that stalled more often than maxStalledCount after worker crashes).
+    void job
+      .getState()
+      .then(async (state) => {
+        if (state !== 'failed') return;
+        const marked = await markFailedIfUnfinished(prisma, job.data.jobId, err.message);
+        if (marked) logger.error({ jobId: job.data.jobId, err }, 'BullMQ failed the job; row marked failed');
+      })
+      .catch((e: unknown) => logger.error({ jobId: job.data.jobId, err: e }, 'could not reconcile a failed job'));
+  });
+  worker.on('error', (err) => logger.error({ err }, 'worker error'));
+  await worker.waitUntilReady();
+  logger.info({ concurrency: config.workerConcurrency, prefix: config.queuePrefix }, 'worker ready');
+
+  let closing: Promise<void> | null = null;
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      await worker.close();
+      await cancels.close();
+      await connection.quit();
+      await prisma.$disconnect();
+      logger.info('worker closed');
+    })();
+    return closing;
+  };
+  return { workerId, worker, prisma, close };
+}
