@@ -4,28 +4,37 @@
 //   --out FILE     where to write the markdown (default: BENCHMARKS.md, or .cache/bench/BENCHMARKS.quick.md with --quick)
 //   --threads N    intra-op threads for onnxruntime (default 2)
 //   --work-dir D   compressed models and plans (default .cache/bench/work)
+//   --reuse        keep compressed models (and their compression time and memory) from an earlier run in the
+//                  work dir and measure again: for re-measuring on a quieter machine
 //   --python P     interpreter with torch and onnx (default /usr/bin/python3)
-import { writeFile, mkdir } from 'node:fs/promises';
+//   --json FILE    raw results (default: benchmarks/results.json, or beside --out / the quick markdown)
+//   --from-json F  re-render the markdown from a previous run's results JSON instead of measuring
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { renderMarkdown, runBenchmarks, type BenchPlan, type SessionExperiment } from '../src/worker/bench.js';
+import { renderMarkdown, runBenchmarks, type BenchPlan, type BenchResults, type SessionExperiment } from '../src/worker/bench.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 const { values } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false },
+    reuse: { type: 'boolean', default: false },
     out: { type: 'string' },
     threads: { type: 'string', default: '2' },
     'work-dir': { type: 'string' },
     python: { type: 'string', default: '/usr/bin/python3' },
+    json: { type: 'string' },
+    'from-json': { type: 'string' },
   },
 });
 const quick = values.quick;
 const threads = Number(values.threads);
 if (!Number.isInteger(threads) || threads < 1) throw new Error(`--threads must be a positive integer, got ${values.threads}`);
 const out = path.resolve(values.out ?? (quick ? path.join(repoRoot, '.cache/bench/BENCHMARKS.quick.md') : path.join(repoRoot, 'BENCHMARKS.md')));
+const json = path.resolve(values.json
+  ?? (quick || values.out ? out.replace(/\.md$/, '') + '.json' : path.join(repoRoot, 'benchmarks', 'results.json')));
 const workDir = path.resolve(values['work-dir'] ?? path.join(repoRoot, '.cache/bench', quick ? 'work-quick' : 'work'));
 
 const variants = (t: number): SessionExperiment[] => [
@@ -37,7 +46,8 @@ const variants = (t: number): SessionExperiment[] => [
   { label: 'one thread', threads: 1, graphOptimizationLevel: 'all', executionMode: 'sequential' },
 ];
 
-const command = `npm run bench --${quick ? ' --quick' : ''}${threads !== 2 ? ` --threads ${threads}` : ''}`;
+// What `npm run bench` runs, with the flags given, so a reader can repeat the run.
+const command = `node --import tsx benchmarks/run.ts${quick ? ' --quick' : ''}${values.reuse ? ' --reuse' : ''}${threads !== 2 ? ` --threads ${threads}` : ''}`;
 const plan: BenchPlan = quick
   ? {
     mode: 'quick',
@@ -64,7 +74,7 @@ const plan: BenchPlan = quick
     profile: { model: 'vgg16', inputSize: 224, targetMacsReduction: 4.93 },
   };
 
-const results = await runBenchmarks({
+const settings = {
   python: values.python,
   repoRoot,
   workDir,
@@ -76,9 +86,13 @@ const results = await runBenchmarks({
   seed: 2016,
   // The quick run reuses the engine tests' cached static-batch export; the full run needs batch 8.
   dynamicBatch: !quick,
-  log: (line) => process.stderr.write(`${line}\n`),
-}, plan);
+  reuseCompressed: values.reuse,
+  log: (line: string) => process.stderr.write(`${line}\n`),
+};
+const results: BenchResults = values['from-json']
+  ? JSON.parse(await readFile(values['from-json'], 'utf8')) as BenchResults
+  : await runBenchmarks(settings, plan);
 await mkdir(path.dirname(out), { recursive: true });
 await writeFile(out, renderMarkdown(results));
-await writeFile(out.replace(/\.md$/, '') + '.json', JSON.stringify(results, null, 2));
+if (!values['from-json']) await writeFile(json, JSON.stringify(results, null, 2));
 process.stderr.write(`[bench] wrote ${out}\n`);

@@ -15,11 +15,11 @@ const configSchema = z.object({
   PORT: z.coerce.number().int().min(0).max(65535).default(8080),
   HOST: z.string().min(1).default('0.0.0.0'),
   DATABASE_URL: z
-    .string({ error: 'DATABASE_URL is required, e.g. postgresql://postgres@127.0.0.1:5432/tuckerize' })
-    .regex(/^postgres(ql)?:\/\//, 'DATABASE_URL must be a postgresql:// URL'),
+    .string({ error: 'required, e.g. postgresql://postgres@127.0.0.1:5432/tuckerize' })
+    .regex(/^postgres(ql)?:\/\//, 'must be a postgresql:// URL'),
   REDIS_URL: z
     .string()
-    .regex(/^rediss?:\/\//, 'REDIS_URL must be a redis:// or rediss:// URL')
+    .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
     .default('redis://127.0.0.1:6379'),
   STORAGE_DIR: z.string().min(1).default('./.data/storage'),
   ENGINE_PYTHON: z.string().min(1).default('/usr/bin/python3'),
@@ -30,10 +30,10 @@ const configSchema = z.object({
   MAX_DATASET_BYTES: intFromEnv(1024 * MB, 1),
   QUEUE_PREFIX: z
     .string()
-    .regex(/^[A-Za-z0-9_.:-]+$/, 'QUEUE_PREFIX may contain letters, digits and _ . : - only')
+    .regex(/^[A-Za-z0-9_.:-]+$/, 'may contain letters, digits and _ . : - only')
     .default('tuckerize'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-  ADMIN_KEY: z.string().min(16, 'ADMIN_KEY must be at least 16 characters').optional(),
+  ADMIN_KEY: z.string().min(16, 'must be at least 16 characters').optional(),
   RATE_LIMIT_PER_MINUTE: intFromEnv(600, 1),
   ORT_THREADS: intFromEnv(1, 1),
   ENGINE_THREADS: intFromEnv(2, 1),

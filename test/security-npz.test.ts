@@ -162,6 +162,22 @@ describe('dataset against model input', () => {
     checkDatasetFitsModel(npz, [{ name: 'image', elemType: 1, dims: ['batch', 1, 8, 8] }]);
     checkDatasetFitsModel(npz, [{ name: 'image', dims: [1, 1, 'h', 'w'] }]);
   });
+  test('image folders need a 1- or 3-channel input; labels must fit the output', () => {
+    const images = {
+      format: 'zip' as const,
+      info: { labelled: true, classes: ['0', '9'], labels: { 0: 0, 9: 9 }, numClasses: 10, countsPerClass: { 0: 1, 9: 1 }, total: 2, root: null, formats: { png: 2, jpeg: 0 }, ignored: 0 },
+    };
+    checkDatasetFitsModel(images, [{ name: 'image', dims: ['N', 3, 224, 224] }], [{ name: 'logits', dims: ['N', 10] }]);
+    assert.throws(
+      () => checkDatasetFitsModel(images, [{ name: 'image', dims: ['N', 4, 224, 224] }]),
+      (err: unknown) => err instanceof InputRejected && err.code === 'dataset_shape_mismatch' && /takes 4 channels/.test(err.detail),
+    );
+    assert.throws(
+      () => checkDatasetFitsModel(images, [{ name: 'image', dims: ['N', 1, 28, 28] }], [{ name: 'logits', dims: ['N', 5] }]),
+      (err: unknown) => err instanceof InputRejected && /labels go up to 9 but model output "logits" scores 5 classes/.test(err.detail),
+    );
+  });
+
   test('mismatches name the dimension', () => {
     const cases: [Parameters<typeof checkDatasetFitsModel>[1], RegExp][] = [
       [[{ name: 'image', dims: ['batch', 3, 8, 8] }], /C differs \(1 vs 3\)/],

@@ -1,7 +1,7 @@
 // The ONNX inspector against real exports, crafted protobuf and every rejection reason it has.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -53,12 +53,16 @@ print(json.dumps(out))
 }
 
 describe('valid models', () => {
-  test('a torch.onnx export and a crafted model with a tensor larger than the read buffer match the onnx package', async () => {
+  test('torch.onnx exports, the reference nets and a model with a tensor larger than the read buffer match the onnx package', async () => {
     // 700×500 float32 = 1.4 MB of raw_data: the payload crosses the reader's 1 MiB window, and an
     // unpacked-dims initializer after it must still be found.
     const unpackedDims = Buffer.concat([pb.varint(1, 3), pb.varint(1, 2), pb.varint(2, 1), pb.bytes(8, 'b2'), pb.bytes(9, Buffer.alloc(24))]);
     const big = writeTemp(gemmModel(700, 500, [unpackedDims]));
-    const files = [path.join(FIXTURES, 'good_tinynet.onnx'), path.join(FIXTURES, 'good_tiny.onnx'), big];
+    // The reference nets the engine trains (assets/models) must pass too: they are what the demo uploads.
+    const assets = path.join(REPO, 'assets', 'models');
+    const referenceNets = readdirSync(assets).filter((f) => f.endsWith('.onnx')).map((f) => path.join(assets, f));
+    assert.ok(referenceNets.length > 0, `no reference models in ${assets}`);
+    const files = [path.join(FIXTURES, 'good_tinynet.onnx'), path.join(FIXTURES, 'good_tiny.onnx'), big, ...referenceNets];
     const reference = onnxReference(files);
     for (const [i, file] of files.entries()) {
       const summary = await inspectOnnx(file);

@@ -5,8 +5,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
+import { execFileSync } from 'node:child_process';
 import { DEFAULT_ZIP_LIMITS, InputRejected, inspectZipDataset, type RejectionCode, type ZipLimits } from '../src/security/index.js';
-import { buildZip, JPEG_BYTES, PNG_BYTES, type ZipEntrySpec } from './fixtures/hostile/zip-writer.js';
+import { imageDimensions } from '../src/security/zip-inspect.js';
+import { buildZip, JPEG_BYTES, jpegHeader, PNG_BYTES, pngHeader, type ZipEntrySpec } from './fixtures/hostile/zip-writer.js';
 
 const work = mkdtempSync(path.join(tmpdir(), 'tuckerize-zip-'));
 after(() => rmSync(work, { recursive: true, force: true }));
@@ -40,18 +42,66 @@ describe('accepted layouts', () => {
         png('cat/a.png', { method: 'deflate' }),
         { name: 'cat/b.jpg', data: JPEG_BYTES },
         { name: 'dog/', unixMode: 0o040755 },
-        png('dog/c.png'),
+        png('dog/c.PNG'),
       ]),
     );
-    const summary = await inspectZipDataset(file, bytes);
-    assert.deepEqual(summary, { classes: ['cat', 'dog'], countsPerClass: { cat: 2, dog: 1 }, total: 3, root: null, formats: { png: 2, jpeg: 1 } });
+    assert.deepEqual(await inspectZipDataset(file, bytes), {
+      labelled: true,
+      classes: ['cat', 'dog'],
+      labels: { cat: 0, dog: 1 },
+      numClasses: 2,
+      countsPerClass: { cat: 2, dog: 1 },
+      total: 3,
+      root: null,
+      formats: { png: 2, jpeg: 1 },
+      ignored: 0,
+    });
   });
 
-  test('class folders under one top-level folder', async () => {
-    const { file, bytes } = writeZip(buildZip([png('fmnist/shirt/1.png'), png('fmnist/shoe/2.png'), png('fmnist/shoe/3.png')]));
+  test('class folders under one top-level folder; numeric folder names are the labels', async () => {
+    const { file, bytes } = writeZip(buildZip([png('fmnist/0/1.png'), png('fmnist/7/2.png'), png('fmnist/7/3.png')]));
     const summary = await inspectZipDataset(file, bytes);
     assert.equal(summary.root, 'fmnist');
-    assert.deepEqual(summary.countsPerClass, { shirt: 1, shoe: 2 });
+    assert.deepEqual(summary.countsPerClass, { 0: 1, 7: 2 });
+    assert.deepEqual(summary.labels, { 0: 0, 7: 7 });
+    assert.equal(summary.numClasses, 8);
+  });
+
+  test('images at the top level are an unlabelled dataset', async () => {
+    const { file, bytes } = writeZip(buildZip([png('1.png'), { name: '2.jpeg', data: JPEG_BYTES }]));
+    const summary = await inspectZipDataset(file, bytes);
+    assert.equal(summary.labelled, false);
+    assert.equal(summary.total, 2);
+    assert.equal(summary.numClasses, null);
+  });
+
+  test('macOS resource forks and hidden files are skipped, as the engine skips them', async () => {
+    const { file, bytes } = writeZip(
+      buildZip([png('cat/a.png'), { name: '__MACOSX/cat/._a.png', data: Buffer.from('AppleDouble') }, { name: 'cat/.DS_Store', data: Buffer.from('junk') }]),
+    );
+    const summary = await inspectZipDataset(file, bytes);
+    assert.equal(summary.total, 1);
+    assert.equal(summary.ignored, 2);
+  });
+});
+
+describe('image headers', () => {
+  test('dimensions read from real PNG and JPEG files written by Pillow', () => {
+    // The JPEG carries a 3 kB EXIF segment, so the frame header is not where a naive reader looks.
+    const script = String.raw`
+import io, sys
+from PIL import Image
+image = Image.new('RGB', (123, 45))
+png, jpeg = io.BytesIO(), io.BytesIO()
+image.save(png, 'PNG')
+image.save(jpeg, 'JPEG', exif=b'Exif\x00\x00' + bytes(3000))
+print(png.getvalue().hex())
+print(jpeg.getvalue().hex())
+`;
+    const [png, jpeg] = execFileSync('/usr/bin/python3', ['-c', script], { encoding: 'utf8' }).trim().split('\n').map((h) => Buffer.from(h, 'hex'));
+    assert.deepEqual(imageDimensions(png!, 'png'), { width: 123, height: 45 });
+    assert.deepEqual(imageDimensions(jpeg!, 'jpeg'), { width: 123, height: 45 });
+    assert.deepEqual(imageDimensions(jpegHeader(640, 480), 'jpeg'), { width: 640, height: 480 });
   });
 });
 
@@ -96,12 +146,18 @@ describe('rejections', () => {
     ['gzip in disguise', () => buildZip([{ name: 'c/a.png', data: Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]) }]), 'zip_nested_archive', /gzip archive/],
     ['text file', () => buildZip([png('c/a.png'), { name: 'c/notes.txt', data: Buffer.from('hello') }]), 'zip_not_image', /"c\/notes\.txt" is not a PNG or JPEG/],
     ['text file with an image extension', () => buildZip([{ name: 'c/fake.png', data: Buffer.from('#!/bin/sh\nrm -rf /\n') }]), 'zip_not_image', /"c\/fake\.png" is not a PNG or JPEG image \(checked by its content/],
-    ['file outside any class folder', () => buildZip([png('c/a.png'), png('stray.png')]), 'zip_layout', /"stray\.png" is not inside a class folder/],
-    ['folders nested too deep', () => buildZip([png('a/b/c/d.png'), png('a/b/c/e.png')]), 'zip_layout', /"a\/b\/c\/d\.png" is not inside a class folder/],
+    ['images both in class folders and at the top level', () => buildZip([png('c/a.png'), png('stray.png')]), 'zip_layout', /"stray\.png" sits at the top level while other images are in class folders/],
+    ['folders nested too deep', () => buildZip([png('a/b/c/d.png'), png('a/b/c/e.png')]), 'zip_layout', /"a\/b\/c\/d\.png" is nested too deep/],
+    ['PNG declaring 100 000 × 100 000 pixels', () => buildZip([{ name: 'c/huge.png', data: pngHeader(100_000, 100_000) }]), 'zip_image_too_large', /"c\/huge\.png" declares 100000×100000 pixels/],
+    ['JPEG declaring 65 535 × 65 535 pixels behind an EXIF segment', () => buildZip([{ name: 'c/huge.jpg', data: jpegHeader(65_535, 65_535) }]), 'zip_image_too_large', /"c\/huge\.jpg" declares 65535×65535 pixels/],
+    ['PNG declaring zero width', () => buildZip([{ name: 'c/flat.png', data: pngHeader(0, 10) }]), 'zip_not_image', /declares a 0×10 image/],
+    ['an image without an image extension', () => buildZip([png('c/a.bin')]), 'zip_not_image', /"c\/a\.bin" holds a PNG image but lacks a \.png, \.jpg or \.jpeg extension/],
+    ['a hidden entry is still checked for traversal', () => buildZip([png('c/a.png'), png('__MACOSX/../../evil.png')]), 'zip_path_traversal', /__MACOSX\/\.\.\/\.\.\/evil\.png/],
+    ['a hidden entry lying about its size', () => buildZip([png('c/a.png'), { name: 'c/.hidden', data: Buffer.alloc(50_000, 2), method: 'deflate', declaredSize: 10 }]), 'zip_size_mismatch', /"c\/\.hidden" declares 10 bytes but inflates to more/],
     ['encrypted entry', () => buildZip([png('c/a.png', { flags: 0x1 })]), 'zip_encrypted', /"c\/a\.png" is encrypted/],
     ['unsupported compression method', () => buildZip([png('c/a.png', { methodCode: 12 })]), 'zip_invalid', /compression method 12/],
-    ['empty archive', () => buildZip([]), 'zip_empty', /holds no files/],
-    ['only directories', () => buildZip([{ name: 'cat/', unixMode: 0o040755 }]), 'zip_empty', /holds no files/],
+    ['empty archive', () => buildZip([]), 'zip_empty', /holds no images/],
+    ['only directories and macOS junk', () => buildZip([{ name: 'cat/', unixMode: 0o040755 }, { name: '__MACOSX/x', data: Buffer.from('y') }]), 'zip_empty', /holds no images/],
     ['not a zip at all', () => Buffer.from('this is not an archive, just text'), 'zip_invalid', /not a ZIP archive/],
     ['truncated archive', () => buildZip([png('c/a.png'), png('c/b.png')]).subarray(0, 150), 'zip_invalid', /not a ZIP archive/],
     [

@@ -1,5 +1,6 @@
 // Shared by the worker and end-to-end tests: real models from the engine's zoo, rows as the API writes them.
 import { execFile } from 'node:child_process';
+import { access, mkdir, rename } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -23,6 +24,40 @@ export async function zooModel(name: string, inputSize: number, opset = 13): Pro
   );
   return stdout.trim().split('\n').pop()!;
 }
+
+const TINY_CNN_SCRIPT = `
+import sys, torch
+from torch import nn
+torch.manual_seed(0)
+net = nn.Sequential(
+    nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+    nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+    nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+).eval()
+torch.onnx.export(net, torch.randn(1, 3, 32, 32), sys.argv[1], opset_version=13,
+                  input_names=["input"], output_names=["logits"])
+`;
+
+/**
+ * A three-conv CNN (1×3×32×32 → 10 logits, random weights): the engine compresses it in about a second,
+ * so tests that need a finished job stay fast. Cached under .cache/fixtures.
+ */
+export async function tinyCnn(): Promise<string> {
+  const file = path.join(REPO_ROOT, '.cache', 'fixtures', 'tiny-cnn-opset13.onnx');
+  try {
+    await access(file);
+    return file;
+  } catch {
+    await mkdir(path.dirname(file), { recursive: true });
+    const tmp = `${file}.${process.pid}.tmp`;
+    await run('/usr/bin/python3', ['-c', TINY_CNN_SCRIPT, tmp], { timeout: 300_000 });
+    await rename(tmp, file);
+    return file;
+  }
+}
+
+export const TINY_CNN_INPUTS = [{ name: 'input', type: 'float32', dims: [1, 3, 32, 32] }];
 
 /** Stores a file as an uploaded model of `tenantId`, bypassing the API's checks (the worker must cope anyway). */
 export async function insertModel(

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from ort_runner import run_ort
 from tuckerize.errors import EngineInputError
 from tuckerize.interpret import OPS, OnnxModule, write_back
 
@@ -53,7 +52,7 @@ def interpret(model: onnx.ModelProto, feeds: dict[str, np.ndarray], train: bool 
     return [o.detach().numpy() for o in outs]
 
 
-def assert_matches_ort(tmp_path, model: onnx.ModelProto, feeds: dict[str, np.ndarray],
+def assert_matches_ort(tmp_path, run_ort, model: onnx.ModelProto, feeds: dict[str, np.ndarray],
                        rtol: float = 1e-5) -> list[np.ndarray]:
     """Interpreter outputs equal onnxruntime-node's: floats to rtol of the output scale, the rest exactly."""
     path = tmp_path / "model.onnx"
@@ -240,6 +239,9 @@ def normalization_cases() -> list[Case]:
         Case(f"batchnorm-opset{opset}", [node("BatchNormalization", ["x", "s", "b", "m", "v"], epsilon=1e-3)],
              {"x": X4}, inits=bn, opset=opset) for opset in (11, 14, 15)
     ] + [
+        Case("batchnorm-training-mode", [node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y", "rm", "rv"],
+                                              training_mode=1, momentum=0.7)],
+             {"x": X4}, inits=bn, outputs=["y", "rm", "rv"], opset=15),
         Case("instancenorm", [node("InstanceNormalization", ["x", "s", "b"], epsilon=1e-4)], {"x": X4},
              inits={"s": bn["s"], "b": bn["b"]}),
         Case("layernorm", [node("LayerNormalization", ["x", "s", "b"], axis=-2)], {"x": X4},
@@ -381,9 +383,66 @@ ALL_CASES = (conv_cases() + dense_cases() + elementwise_cases() + pooling_cases(
 
 
 @pytest.mark.parametrize("case", ALL_CASES, ids=[c.id for c in ALL_CASES])
-def test_op_matches_onnxruntime(tmp_path, case: Case):
+def test_op_matches_onnxruntime(tmp_path, run_ort, case: Case):
     model = make_model(case.nodes, case.inputs, case.outputs, case.inits, case.opset)
-    assert_matches_ort(tmp_path, model, case.inputs)
+    assert_matches_ort(tmp_path, run_ort, model, case.inputs)
+
+
+def random_window_cases(count: int, seed: int) -> list[Case]:
+    """Seeded random Conv/MaxPool/AveragePool geometries (1-3-D, strides, pads, dilations, auto_pad, ceil).
+
+    Limited to what onnxruntime accepts: no auto_pad SAME with dilation (its Conv refuses, its MaxPool
+    sizes the pads without the dilation, against the spec), SAME only where kernel >= stride, windows
+    that fit the padded input.
+    """
+    rng = np.random.RandomState(seed)
+    cases: list[Case] = []
+    while len(cases) < count:
+        op = ["Conv", "MaxPool", "AveragePool"][len(cases) % 3]
+        rank = int(rng.choice([1, 2, 2, 3]))
+        sizes = [int(v) for v in rng.randint(3, 10, rank)]
+        kernel = [int(v) for v in rng.randint(1, 5, rank)]
+        strides = [int(v) for v in rng.randint(1, 4, rank)]
+        auto_pad = str(rng.choice(["NOTSET"] * 4 + ["SAME_UPPER", "SAME_LOWER", "VALID"]))
+        same = auto_pad.startswith("SAME")
+        dilations = [1] * rank if same or op == "AveragePool" else [int(v) for v in rng.randint(1, 3, rank)]
+        pads = [int(rng.randint(0, k)) for k in kernel * 2]
+        if same and any(k < s for k, s in zip(kernel, strides)):
+            continue
+        padded = [n + (pads[i] + pads[i + rank] if auto_pad == "NOTSET" else 0) for i, n in enumerate(sizes)]
+        if any(p < (k - 1) * d + 1 for p, k, d in zip(padded, kernel, dilations)):
+            continue
+        attrs: dict[str, Any] = {"strides": strides}
+        attrs.update({"pads": pads} if auto_pad == "NOTSET" else {"auto_pad": auto_pad})
+        inits = {}
+        if op == "Conv":
+            group = int(rng.choice([1, 2, 4]))
+            inits["w"] = randn(4 if group == 4 else 6, 4 // group, *kernel, seed=len(cases))
+            nodes = [node("Conv", ["x", "w"], group=group, dilations=dilations, **attrs)]
+        else:
+            attrs.update(kernel_shape=kernel, ceil_mode=int(rng.randint(0, 2)))
+            if op == "MaxPool":
+                attrs["dilations"] = dilations
+            else:
+                attrs["count_include_pad"] = int(rng.randint(0, 2))
+            nodes = [node(op, ["x"], **attrs)]
+        opset = int(rng.choice([12, 13, 17, 19, 21]))
+        cases.append(Case(f"random-{op}-{len(cases)}", nodes, {"x": randn(2, 4, *sizes, seed=len(cases))},
+                          inits=inits, opset=opset))
+    return cases
+
+
+RANDOM_WINDOWS = random_window_cases(90, seed=7)
+
+
+def test_random_window_geometries_match_onnxruntime(tmp_path, run_ort):
+    for case in RANDOM_WINDOWS:
+        model = make_model(case.nodes, case.inputs, case.outputs, case.inits, case.opset)
+        try:
+            assert_matches_ort(tmp_path, run_ort, model, case.inputs)
+        except AssertionError as exc:
+            attrs = {a.name: helper.get_attribute_value(a) for a in case.nodes[0].attribute}
+            raise AssertionError(f"{case.id} opset {case.opset} input {case.inputs['x'].shape} {attrs}") from exc
 
 
 def test_every_listed_op_has_a_case():
@@ -392,13 +451,13 @@ def test_every_listed_op_has_a_case():
     assert set(OPS) - covered <= {"Upsample"}
 
 
-def test_upsample_opset9_matches_onnxruntime(tmp_path):
+def test_upsample_opset9_matches_onnxruntime(tmp_path, run_ort):
     x = randn(1, 2, 3, 4)
     model = make_model([node("Upsample", ["x", "s"], mode="nearest")], {"x": x}, ["y"],
                        {"s": f32(1, 1, 2, 3)}, opset=11)
     model.opset_import[0].version = 9
     model.ir_version = 4
-    assert_matches_ort(tmp_path, model, {"x": x})
+    assert_matches_ort(tmp_path, run_ort, model, {"x": x})
 
 
 # ------------------------------------------------------------------------------- module behaviour
@@ -429,6 +488,50 @@ def small_net(opset: int = 13, dynamic_batch: bool = False) -> tuple[onnx.ModelP
     return make_model(nodes, {"x": x}, ["y"], inits, opset, dynamic_batch), {"x": x}
 
 
+def keras_like_net(opset: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """What tf2onnx makes of a small Keras MobileNet-style CNN: NHWC input, SAME pads, ReLU6 as Clip,
+    depthwise conv, global pooling as ReduceMean, Dense as MatMul + Add, a dynamic-batch flatten."""
+    x = randn(2, 12, 12, 3)
+    inits = {
+        "conv/kernel": randn(8, 3, 3, 3, seed=1) * 0.4, "bn/gamma": np.abs(randn(8, seed=2)) + 0.5,
+        "bn/beta": randn(8, seed=3), "bn/mean": randn(8, seed=4), "bn/var": np.abs(randn(8, seed=5)) + 0.5,
+        "dw/kernel": randn(8, 1, 3, 3, seed=6), "dense/kernel": randn(8, 4, seed=7), "dense/bias": randn(4, seed=8),
+        "six": f32(6.0)[0], "zero": f32(0.0)[0], "minus_one": i64(-1), "zero_index": np.array(0, np.int64),
+    }
+    axes_as_input = opset >= 18
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["nchw"], name="to_nchw", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "conv/kernel"], ["c1"], name="conv", auto_pad="SAME_UPPER", strides=[2, 2]),
+        helper.make_node("BatchNormalization", ["c1", "bn/gamma", "bn/beta", "bn/mean", "bn/var"], ["b1"], name="bn",
+                         epsilon=1e-3),
+        helper.make_node("Clip", ["b1", "zero", "six"], ["r1"], name="relu6"),
+        helper.make_node("Conv", ["r1", "dw/kernel"], ["c2"], name="depthwise", group=8, auto_pad="SAME_LOWER"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu"),
+        helper.make_node("Constant", [], ["axes"], name="axes", value=numpy_helper.from_array(i64(2, 3))),
+        (helper.make_node("ReduceMean", ["r2", "axes"], ["pooled"], name="gap", keepdims=1) if axes_as_input else
+         helper.make_node("ReduceMean", ["r2"], ["pooled"], name="gap", axes=[2, 3], keepdims=1)),
+        helper.make_node("Shape", ["pooled"], ["shape"], name="shape"),
+        helper.make_node("Gather", ["shape", "zero_index"], ["batch"], name="batch"),
+        helper.make_node("Unsqueeze", ["batch", "zero_axes"] if opset >= 13 else ["batch"], ["batch1"],
+                         name="batch1", **({} if opset >= 13 else {"axes": [0]})),
+        helper.make_node("Concat", ["batch1", "minus_one"], ["flat_shape"], name="flat_shape", axis=0),
+        helper.make_node("Reshape", ["pooled", "flat_shape"], ["flat"], name="flatten"),
+        helper.make_node("MatMul", ["flat", "dense/kernel"], ["mm"], name="dense"),
+        helper.make_node("Add", ["mm", "dense/bias"], ["logits"], name="dense_bias"),
+        helper.make_node("Softmax", ["logits"], ["y"], name="softmax", axis=-1 if opset >= 13 else 1),
+    ]
+    if opset >= 13:
+        inits["zero_axes"] = i64(0)
+    return make_model(nodes, {"x": x}, ["y"], inits, opset, dynamic_batch=True), {"x": x}
+
+
+@pytest.mark.parametrize("opset", [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21])
+def test_small_nets_match_onnxruntime_at_every_opset(tmp_path, run_ort, opset):
+    for build in (small_net, keras_like_net):
+        model, feeds = build(opset)
+        assert_matches_ort(tmp_path, run_ort, model, feeds)
+
+
 def test_parameters_are_float_initializers_named_after_them():
     model, _ = small_net()
     module = OnnxModule(model)
@@ -440,7 +543,7 @@ def test_parameters_are_float_initializers_named_after_them():
     names = {name for name, _ in module.named_parameters()}
     assert names == {f"params.{key}" for key in module.param_keys.values()}
     assert torch.equal(module.parameter("conv1.weight").detach(),
-                       torch.from_numpy(numpy_helper.to_array(model.graph.initializer[0])))
+                       torch.from_numpy(numpy_helper.to_array(model.graph.initializer[0]).copy()))
     buffers = {name for name, _ in module.named_buffers()}
     assert {"state.bn_running_mean", "state.bn_running_var"} <= buffers
 
@@ -504,11 +607,11 @@ def test_nodes_out_of_order_are_sorted(tmp_path):
     np.testing.assert_allclose(interpret(model, {"x": x})[0], np.exp(np.maximum(x, 0)), rtol=1e-6)
 
 
-def test_dynamic_batch_runs_any_batch(tmp_path):
+def test_dynamic_batch_runs_any_batch(tmp_path, run_ort):
     model, _ = small_net(dynamic_batch=True)
     for batch in (1, 5):
         x = randn(batch, 3, 8, 8, seed=batch)
-        assert_matches_ort(tmp_path, model, {"x": x})
+        assert_matches_ort(tmp_path, run_ort, model, {"x": x})
 
 
 def test_double_precision_is_exact_against_torch():
@@ -598,7 +701,7 @@ def test_dropout_drops_only_in_train_mode():
     torch.testing.assert_close(y, mask.float() / 0.75)
 
 
-def test_write_back_round_trip_after_a_training_step(tmp_path):
+def test_write_back_round_trip_after_a_training_step(tmp_path, run_ort):
     model, feeds = small_net()
     original = copy.deepcopy(model)
     module = OnnxModule(model).train()
@@ -637,6 +740,8 @@ def test_write_back_keeps_dtypes_and_non_float_initializers():
     with torch.no_grad():
         module.parameter("w").add_(1.0)
         module.parameter("h").mul_(2.0)
+    # the float64 weight, the largest initializer, sets the working type; the float16 one is cast in-graph
+    assert module(torch.from_numpy(randn(3, 3).astype(np.float64))).dtype == torch.float64
     written = {i.name: i for i in write_back(module, model).graph.initializer}
     assert written["w"].data_type == TensorProto.DOUBLE
     assert written["h"].data_type == TensorProto.FLOAT16
@@ -652,3 +757,29 @@ def test_write_back_refuses_a_different_model():
     other.graph.initializer[0].CopyFrom(numpy_helper.from_array(randn(2, 3, 3, 3), "conv1.weight"))
     with pytest.raises(EngineInputError, match=r"'conv1.weight': module holds shape \[6, 3, 3, 3\]"):
         write_back(module, other)
+
+
+# ------------------------------------------------------------------------------------- the judge
+
+
+def test_ort_runner_one_shot_and_server_agree_and_report_errors(tmp_path):
+    from ort_runner import OrtRunError, OrtServer, run_ort as run_once
+
+    a = randn(2, 3)
+    model = make_model([node("Add", ["a", "b"], ["s"]), node("Shape", ["a"], ["n"])],
+                       {"a": a, "b": a.astype(np.float32)}, ["s", "n"])
+    path = tmp_path / "add.onnx"
+    onnx.save(model, path)
+    once = run_once(path, {"a": a, "b": a})
+    np.testing.assert_array_equal(once[0], 2 * a)
+    assert once[1].dtype == np.int64 and once[1].tolist() == [2, 3]
+    with pytest.raises(OrtRunError, match="'b' is missing"):
+        run_once(path, {"a": a})
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with OrtServer() as server:
+        with pytest.raises(OrtRunError, match="broken.onnx"):
+            server.run(broken, {"a": a})
+        served = server.run(path, {"a": a, "b": a})  # the failure above did not end the server
+        for got, want in zip(served, once):
+            np.testing.assert_array_equal(got, want)

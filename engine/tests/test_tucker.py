@@ -188,3 +188,71 @@ def test_non_finite_kernels_are_refused():
         tucker2(W, 2, 2)
     with pytest.raises(EngineInputError, match="NaN/Inf"):
         svd_factors(W.reshape(4, -1), 2)
+
+
+@pytest.mark.parametrize("shape,r", [((30, 50), 7), ((50, 30), 12), ((40, 40), 40)])
+def test_gram_route_for_large_matrices_meets_eckart_young(monkeypatch, shape, r):
+    import tuckerize.tucker as tucker
+
+    monkeypatch.setattr(tucker, "_DIRECT_SVD_MAX_WORK", 0)        # take the large-matrix route
+    M = kernel(shape, 16)
+    f = svd_factors(M, r)
+    assert f.first.shape == (r, shape[1]) and f.second.shape == (shape[0], r)
+    U, s, Vh = torch.linalg.svd(M, full_matrices=False)
+    torch.testing.assert_close(f.second @ f.first, U[:, :r] @ torch.diag(s[:r]) @ Vh[:r], rtol=0, atol=1e-10)
+    torch.testing.assert_close(torch.linalg.norm(f.first, dim=1), s[:r].sqrt(), rtol=1e-9, atol=0)
+    torch.testing.assert_close(torch.linalg.norm(f.second, dim=0), s[:r].sqrt(), rtol=1e-9, atol=0)
+
+
+def test_gram_route_with_zero_singular_values(monkeypatch):
+    import tuckerize.tucker as tucker
+
+    monkeypatch.setattr(tucker, "_DIRECT_SVD_MAX_WORK", 0)
+    M = kernel((20, 3), 17) @ kernel((3, 45), 18)                 # rank 3
+    f = svd_factors(M, 6)
+    assert bool(torch.isfinite(f.first).all() and torch.isfinite(f.second).all())
+    torch.testing.assert_close(f.second @ f.first, M, rtol=0, atol=1e-10)
+
+
+def decaying_matrix(out_dim, in_dim, seed):
+    """σ_i = 1/i plus a 1e-4 noise floor, like a trained FC layer's spectrum."""
+    g = torch.Generator().manual_seed(seed)
+    n = min(out_dim, in_dim)
+    U, _ = torch.linalg.qr(torch.randn(out_dim, n, generator=g, dtype=f64))
+    V, _ = torch.linalg.qr(torch.randn(in_dim, n, generator=g, dtype=f64))
+    s = torch.arange(1, n + 1, dtype=f64) ** -1.0
+    return (U * s) @ V.T + 1e-4 * torch.randn(out_dim, in_dim, generator=g, dtype=f64)
+
+
+@pytest.mark.parametrize("shape", [(900, 200), (200, 900)])
+def test_krylov_route_is_near_eckart_young(monkeypatch, shape):
+    import tuckerize.tucker as tucker
+
+    monkeypatch.setattr(tucker, "_DIRECT_SVD_MAX_WORK", 0)
+    r = 10
+    assert tucker._KRYLOV_PASSES * (r + tucker._oversampling(r)) <= min(shape)    # the Krylov route
+    M = decaying_matrix(*shape, seed=19)
+    f = svd_factors(M, r)
+    assert f.first.shape == (r, shape[1]) and f.second.shape == (shape[0], r)
+    U, s, Vh = torch.linalg.svd(M, full_matrices=False)
+    ey = math.sqrt(float((s[r:] ** 2).sum() / (s**2).sum()))
+    assert ey * (1 - 1e-12) <= f.rel_error <= ey * (1 + 1e-6)
+    best = U[:, :r] @ torch.diag(s[:r]) @ Vh[:r]
+    # σ₁₀ and σ₁₁ are 10 % apart, so the 10th direction is the least settled; still within 1e-3.
+    assert float(torch.linalg.norm(f.second @ f.first - best) / torch.linalg.norm(best)) < 1e-3
+    torch.testing.assert_close(torch.linalg.norm(f.first, dim=1), s[:r].sqrt(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(torch.linalg.norm(f.second, dim=0), s[:r].sqrt(), rtol=1e-5, atol=0)
+
+
+def test_krylov_route_on_a_flat_spectrum_and_float32(monkeypatch):
+    import tuckerize.tucker as tucker
+
+    monkeypatch.setattr(tucker, "_DIRECT_SVD_MAX_WORK", 0)
+    M = kernel((200, 900), 20)
+    s = torch.linalg.svdvals(M)
+    ey = math.sqrt(float((s[10:] ** 2).sum() / (s**2).sum()))
+    # Pure noise is the hardest case for a randomised range finder; the error stays within 1 %.
+    assert ey <= svd_factors(M, 10).rel_error <= ey * 1.01
+    f32 = svd_factors(M.to(torch.float32), 10)
+    assert f32.first.dtype == f32.second.dtype == torch.float32
+    assert f32.rel_error <= ey * 1.01

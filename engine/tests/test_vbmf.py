@@ -252,6 +252,11 @@ def test_randomised_top_values_match_svd_for_separated_components():
     assert torch.all(approx >= 0.9 * exact)
 
 
+def test_top_values_are_exact_when_the_krylov_basis_would_fill_the_space():
+    Y = torch.from_numpy(noise((20, 50), 1.0, seed=19))
+    torch.testing.assert_close(top_singular_values(Y, 8), torch.linalg.svdvals(Y)[:8], rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize("shape", [(120, 700), (700, 120)])
 def test_evbmf_with_h_agrees_with_full(shape):
     thr = evb_threshold(shape, 0.5)
@@ -262,16 +267,39 @@ def test_evbmf_with_h_agrees_with_full(shape):
     assert top.sigma2 == pytest.approx(full.sigma2, rel=0.01)
 
 
-def test_default_h_on_a_large_matrix_agrees_with_full():
-    # L·L·M above the full-SVD limit, so evbmf(Y) takes the adaptive top-H path.
-    shape = (1100, 4000)
+@pytest.fixture
+def small_limits(monkeypatch):
+    """Shrink the size policy of evbmf(Y) so its large-matrix paths run on 600×2000 matrices:
+    top H = 16, 32 may be tried (6·H passes ≤ L/2 = 300), then the full spectrum."""
+    import tuckerize.vbmf as vbmf
+
+    monkeypatch.setattr(vbmf, "_FULL_SPECTRUM_MAX_WORK", 1000)
+    monkeypatch.setattr(vbmf, "_INITIAL_TOP_H", 16)
+
+
+@pytest.mark.parametrize("R,n_values", [(5, 16), (12, 32), (40, 600)])
+def test_default_h_policy_agrees_with_the_full_svd(small_limits, R, n_values):
+    shape = (600, 2000)
     thr = evb_threshold(shape, 0.1)
-    Y = planted(shape, thr * np.linspace(3.0, 1.5, 12), 0.1, seed=12)
+    Y = planted(shape, thr * np.linspace(3.0, 1.5, R), 0.1, seed=R)
     auto = evbmf(Y)
-    full = evbmf(Y, H=1100)
-    assert auto.singular_values.size < 1100                   # the top-H path was taken
-    assert auto.rank == full.rank == 12
+    s = np.linalg.svd(Y, compute_uv=False)
+    full = evbmf_spectrum(s, *shape)
+    assert auto.singular_values.size == n_values             # which path was taken
+    assert auto.rank == full.rank == R
     assert auto.sigma2 == pytest.approx(full.sigma2, rel=0.01)
+
+
+def test_gram_route_matches_the_svd():
+    from tuckerize.vbmf import _SVD_MAX_WORK, _full_singular_values
+
+    Y = torch.from_numpy(planted((300, 700), [90.0, 50.0, 30.0], 1.0, seed=18))
+    assert 300 * 300 * 700 > _SVD_MAX_WORK
+    torch.testing.assert_close(torch.from_numpy(_full_singular_values(Y)), torch.linalg.svdvals(Y),
+                               rtol=1e-10, atol=0)
+    Y32 = Y.to(torch.float32)
+    torch.testing.assert_close(torch.from_numpy(_full_singular_values(Y32)),
+                               torch.linalg.svdvals(Y32.to(torch.float64)), rtol=1e-10, atol=0)
 
 
 # --- inputs and edge cases -----------------------------------------------------------------------
@@ -284,13 +312,22 @@ def test_torch_and_numpy_inputs_agree():
     assert b.singular_values.dtype == np.float64
 
 
-@pytest.mark.parametrize("shape,R", [((20, 30), 3), ((30, 20), 5), ((16, 16), 1), ((2, 50), 1)])
+@pytest.mark.parametrize("shape,R", [((20, 30), 3), ((30, 20), 5), ((16, 16), 1), ((2, 50), 1), ((300, 700), 5)])
 def test_exactly_low_rank_answers_the_true_rank(shape, R):
     rng = np.random.default_rng(14)
     Y = rng.normal(size=(shape[0], R)) @ rng.normal(size=(R, shape[1]))
     r = evbmf(Y)
     assert r.rank == R
     assert np.isfinite(r.sigma2) and r.sigma2 >= 0
+
+
+@pytest.mark.parametrize("H", [None, 32])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_exactly_low_rank_through_the_gram_and_krylov_routes(H, dtype):
+    # 300×700 is past the dense-SVD size: squared spectra whose rounding noise must not read as signal.
+    rng = np.random.default_rng(20)
+    Y = (rng.normal(size=(300, 5)) @ rng.normal(size=(5, 700))).astype(dtype)
+    assert evbmf(Y, H=H).rank == 5
 
 
 def test_exact_zero_singular_values_in_a_spectrum():
@@ -329,6 +366,11 @@ def test_non_finite_entries_are_refused_with_the_name(bad, what):
     Y[2, 3] = bad
     with pytest.raises(EngineInputError, match=rf"fc7\.weight.*1 {what}|fc7\.weight.*{what}"):
         evbmf(Y, name="fc7.weight")
+
+
+def test_overflowing_entries_are_refused():
+    with pytest.raises(EngineInputError, match=r"conv3: entries up to 1e\+200 overflow"):
+        evbmf(np.full((3, 4), 1e200), name="conv3")
 
 
 @pytest.mark.parametrize("Y,match", [

@@ -36,6 +36,7 @@ def zoo_path(name: str, opset: int, input_size: int = 224, dynamic_batch: bool =
             try:
                 export_zoo_model(name, tmp_name, opset=opset, input_size=input_size,
                                  dynamic_batch=dynamic_batch)
+                os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; other users' processes read the cache
                 os.replace(tmp_name, path)
             finally:
                 if os.path.exists(tmp_name):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import reduce
 from typing import Any, Callable, Optional, Sequence
 
@@ -434,20 +434,25 @@ def batch_norm(ctx: _Context, node: _Node, x: Tensor, scale: Tensor, bias: Tenso
                var: Tensor) -> Any:
     eps = node.attr("epsilon", 1e-5)
     momentum = node.attr("momentum", 0.9)
-    if ctx.training:
-        y = F.batch_norm(x, None, None, scale, bias, True, 0.0, eps)
-        # ONNX: running = running * momentum + batch * (1 - momentum), with the population variance.
-        if not (mean.requires_grad or var.requires_grad):
-            dims = [0] + list(range(2, x.dim()))
-            with torch.no_grad():
-                batch_mean = x.mean(dims)
-                batch_var = x.var(dims, unbiased=False)
-                mean.mul_(momentum).add_(batch_mean.to(mean.dtype), alpha=1 - momentum)
-                var.mul_(momentum).add_(batch_var.to(var.dtype), alpha=1 - momentum)
-    else:
-        y = F.batch_norm(x, mean, var, scale, bias, False, 0.0, eps)
+    if not (ctx.training or node.attr("training_mode", 0)):
+        return F.batch_norm(x, mean, var, scale, bias, False, 0.0, eps)
+    y = F.batch_norm(x, None, None, scale, bias, True, 0.0, eps)
+    # ONNX: running = running * momentum + batch * (1 - momentum), with the population variance.
+    dims = [0] + list(range(2, x.dim()))
+    with torch.no_grad():
+        batch_mean = x.mean(dims).to(mean.dtype)
+        batch_var = x.var(dims, unbiased=False).to(var.dtype)
+        if ctx.training and not (mean.requires_grad or var.requires_grad):
+            # Fine-tuning: the module's running statistics (buffers) follow the batches.
+            mean.mul_(momentum).add_(batch_mean, alpha=1 - momentum)
+            var.mul_(momentum).add_(batch_var, alpha=1 - momentum)
+            new_mean, new_var = mean, var
+        else:
+            # A node exported with training_mode=1 in an eval-mode module: outputs only.
+            new_mean = mean * momentum + batch_mean * (1 - momentum)
+            new_var = var * momentum + batch_var * (1 - momentum)
     if len(node.outputs) > 1:
-        return (y, mean, var)
+        return (y, new_mean, new_var)
     return y
 
 
@@ -754,6 +759,11 @@ def space_to_depth(ctx: _Context, node: _Node, x: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------- resizing
 
 
+_TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn",
+               "half_pixel_symmetric")
+_NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil", "simple")
+
+
 def _source_coords(mode: str, out: int, size: int, scale: float) -> np.ndarray:
     """Resized-to-original coordinate of every output index (ONNX coordinate_transformation_mode)."""
     x = np.arange(out, dtype=np.float64)
@@ -788,7 +798,7 @@ def _nearest(mode: str, coords: np.ndarray, scale: float) -> np.ndarray:
     raise ValueError(mode)
 
 
-def _resize_axis(node: _Node, x: Tensor, axis: int, out: int, scale: float, mode: str, transform: str,
+def _resize_axis(x: Tensor, axis: int, out: int, scale: float, mode: str, transform: str,
                  nearest_mode: str) -> Tensor:
     size = x.shape[axis]
     coords = _source_coords(transform, out, size, scale)
@@ -817,8 +827,11 @@ def resize(ctx: _Context, node: _Node, x: Tensor, roi: Optional[Tensor] = None, 
     mode = node.attr("mode", "nearest")
     if mode not in ("nearest", "linear", "bilinear"):
         raise node.fail(f"mode {mode!r} is not supported (nearest and linear are); re-export with one of them")
-    if transform == "tf_crop_and_resize":
-        raise node.fail("coordinate_transformation_mode tf_crop_and_resize is not supported")
+    if transform not in _TRANSFORMS:
+        raise node.fail(f"coordinate_transformation_mode {transform!r} is not supported; "
+                        f"supported: {', '.join(_TRANSFORMS)}")
+    if nearest_mode not in _NEAREST_MODES:
+        raise node.fail(f"nearest_mode {nearest_mode!r} is not one of {', '.join(_NEAREST_MODES[:4])}")
     if node.attr("antialias", 0):
         raise node.fail("antialias=1 is not supported")
     if node.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
@@ -834,7 +847,7 @@ def resize(ctx: _Context, node: _Node, x: Tensor, roi: Optional[Tensor] = None, 
         raise node.fail("neither scales nor sizes is given")
     for axis, out, factor in zip(axes, outs, factors):
         if out != x.shape[axis] or factor != 1.0:
-            x = _resize_axis(node, x, axis, out, factor, "nearest" if mode == "nearest" else "linear",
+            x = _resize_axis(x, axis, out, factor, "nearest" if mode == "nearest" else "linear",
                              transform, nearest_mode)
     return x
 
@@ -1083,6 +1096,12 @@ class OnnxModule(nn.Module):
                 self.state.register_buffer(key, tensor)
                 self.state_keys[init.name] = key
 
+        # The largest float initializer tells the module's working float type after .double() and
+        # friends, even when a few small tensors of the graph have another type.
+        floats = [init for init in graph.initializer if init.data_type in _FLOAT_TYPES]
+        largest = max(floats, key=lambda init: math.prod(init.dims), default=None)
+        self._dtype_reference: Optional[str] = largest.name if largest is not None else None
+
         nodes: list[_Node] = []
         unsupported: list[str] = []
         for index, proto in enumerate(graph.node):
@@ -1129,11 +1148,10 @@ class OnnxModule(nn.Module):
         return tensors
 
     def _float_dtype(self) -> Optional[torch.dtype]:
-        """The float type the module was cast to; None when it holds no float tensor to tell."""
-        for tensor in list(self.params.values()) + list(self.constants.buffers()) + list(self.state.buffers()):
-            if tensor.is_floating_point():
-                return tensor.dtype
-        return None
+        """The float type the module was cast to (.double(), .half()); None when it holds no float tensor."""
+        if self._dtype_reference is None:
+            return None
+        return self.initializer_tensors()[self._dtype_reference].dtype
 
     def _bind_inputs(self, args: tuple, kwargs: dict, float_dtype: Optional[torch.dtype]) -> dict[str, Tensor]:
         if len(args) > len(self.input_names):
@@ -1149,7 +1167,8 @@ class OnnxModule(nn.Module):
         missing = [name for name in self.input_names if name not in bound]
         if missing:
             raise EngineInputError(f"graph input(s) {missing} not given; the inputs are {self.input_names}")
-        device = next(iter(self.params.values())).device if len(self.params) else None
+        held = list(self.params.values()) + list(self.state.buffers()) + list(self.constants.buffers())
+        device = held[0].device if held else None
         env = {}
         for name, value in bound.items():
             tensor = torch.as_tensor(value, device=device)

@@ -28,12 +28,19 @@ def matmul_macs(rows: int, inner: int, cols: int) -> int:
 
 
 def param_count(model: onnx.ModelProto) -> int:
-    """Elements of all floating-point initializers.
+    """Elements of all floating-point initializers, counting Identity aliases of them again.
 
-    Integer initializers (shapes, indices) are not parameters; neither are the scalar attributes
-    of Constant nodes (Clip bounds and the like).
+    torch.onnx.export stores equal tensors once behind Identity nodes (the zero biases of a fresh
+    VGG-16, say); they are still separate parameters of the network. Integer tensors (shapes,
+    indices) and the scalar attributes of Constant nodes (Clip bounds) are not parameters.
     """
-    return sum(math.prod(t.dims) for t in model.graph.initializer if t.data_type in ALL_FLOAT_TYPES)
+    floats = {t.name: math.prod(t.dims) for t in model.graph.initializer if t.data_type in ALL_FLOAT_TYPES}
+    total = sum(floats.values())
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input and node.input[0] in floats:
+            floats[node.output[0]] = floats[node.input[0]]
+            total += floats[node.input[0]]
+    return total
 
 
 def _per_image(shape: Optional[Shape]) -> Optional[int]:

@@ -5,6 +5,7 @@ Everything here reads protos and returns new data; nothing mutates the model it 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -34,7 +35,10 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if not os.path.isfile(path):
         raise EngineInputError(f"model file {path!r} does not exist: give the path of an .onnx file")
     try:
-        model = onnx.load(path, load_external_data=False)
+        with warnings.catch_warnings():
+            # onnx reports some undecodable bytes only as a RuntimeWarning: refuse those files too.
+            warnings.simplefilter("error", RuntimeWarning)
+            model = onnx.load(path, load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ... depending on the bytes
         raise EngineInputError(
             f"{os.path.basename(path)!r} is not an ONNX model (protobuf parse failed: {exc}); "
@@ -178,7 +182,10 @@ def _shape_inference_copy(model: onnx.ModelProto, fixed: dict[str, tuple[int, ..
             inputs.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
     light_graph = helper.make_graph(
         nodes=list(graph.node), name=graph.name or "graph", inputs=inputs,
-        outputs=[o for o in graph.output], initializer=kept_initializers)
+        # Declared output shapes are dropped: they hold for the export size, not a chosen one.
+        outputs=[helper.make_tensor_value_info(o.name, o.type.tensor_type.elem_type or TensorProto.FLOAT, None)
+                 for o in graph.output],
+        initializer=kept_initializers)
     light = helper.make_model(light_graph, opset_imports=list(model.opset_import))
     light.ir_version = max(model.ir_version, 4)
     for function in model.functions:
@@ -201,8 +208,16 @@ def infer_shapes(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = 
         raise EngineInputError(
             f"shape inference failed at input shape {list(fixed.values())}: {first_line}; check "
             "--input-shape (the network may need a larger image)") from exc
+    producers = {out: node for node in model.graph.node for out in node.output}
     shapes: dict[str, Shape] = {}
     for value in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if any(d.HasField("dim_value") and d.dim_value < 1 for d in dims):
+            node = producers.get(value.name)
+            where = f" (output of node {node.name!r}, {node.op_type})" if node is not None else ""
+            raise EngineInputError(
+                f"tensor {value.name!r}{where} would have shape {[d.dim_value for d in dims]} at input shape "
+                f"{[list(v) for v in fixed.values()]}: the image is too small for this network; pass a larger --input-shape")
         dims = _declared_dims(value)
         if value.type.tensor_type.HasField("shape"):
             shapes[value.name] = tuple(dims)

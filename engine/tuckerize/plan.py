@@ -5,8 +5,8 @@ carries it out. Rank rules:
   vbmf   — the paper's: EVBMF rank of the mode-0 unfolding (→ r_out) and of the mode-1 unfolding
            (→ r_in) of a k×k conv; one EVBMF on the matrix of an FC layer or 1×1 conv;
   ratio  — every rank = ceil(ratio · dim);
-  budget — weakened EVBMF ranks r = r_full − w·(r_full − r_evbmf) with w searched so the whole
-           model's MACs (or params) land at the target fraction of the original;
+  budget — one knob over all layers (ranks.py: weakened EVBMF, then below EVBMF) searched so the
+           whole model's MACs (or params) land within 2 % of the target fraction of the original;
   strength (with vbmf) — the same weakening at a given w ∈ (0, 1] (MUSCO, Gusak et al. 2019).
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ from onnx import numpy_helper
 from .errors import EngineInputError
 from .metrics import graph_metrics
 from .onnx_graph import Layer, constant_tensors, find_layers, infer_shapes, resolve_input_shapes
+from .ranks import RankCandidate, family_ranks, round_rank, solve_budget, weakened_rank
 from .vbmf import evbmf, evbmf_spectrum
 
 RULES = ("vbmf", "ratio", "budget", "latency")
@@ -32,9 +33,6 @@ KINDS = ("tucker2", "tucker1", "svd", "keep")
 # A k×k conv with at most this many input channels gets Tucker-1: an input rank below 4 saves
 # almost nothing and the first 1×1 conv would run at full input resolution (the RGB/grey stem).
 TUCKER1_MAX_IN_CHANNELS = 4
-# The budget rule searches the weakening strength w over [0, W_MAX]; w > 1 goes below the EVBMF
-# ranks (towards rank 1) for targets EVBMF alone does not reach.
-BUDGET_W_MAX = 8.0
 BUDGET_TOLERANCE = 0.02
 
 ProgressFn = Callable[[int, int, str], None]
@@ -240,18 +238,6 @@ def _rank_keys(kind: str) -> list[str]:
     return {"tucker2": ["out", "in"], "tucker1": ["out"], "svd": ["matrix"]}[kind]
 
 
-def weakened_rank(full: int, evbmf_rank: int, strength: float) -> int:
-    """r = r_full − w·(r_full − r_evbmf), rounded up so that w = 1 gives exactly the EVBMF rank."""
-    return int(math.ceil(full - strength * (full - evbmf_rank) - 1e-9))
-
-
-def round_rank(rank: int, multiple: Optional[int], bound: int) -> int:
-    """Round up to a multiple of `multiple` (hardware-friendly widths), never beyond the bound."""
-    if not multiple or multiple <= 1 or rank <= 0:
-        return rank
-    return min(bound, int(math.ceil(rank / multiple)) * multiple)
-
-
 def _evbmf_layer(layer: Layer, matrices: dict[str, torch.Tensor], timings: Optional[dict]) -> dict:
     info = {}
     for key, matrix in matrices.items():
@@ -263,7 +249,7 @@ def _evbmf_layer(layer: Layer, matrices: dict[str, torch.Tensor], timings: Optio
             # Re-running the σ² search on the same spectrum measures its share of evbmf's time.
             start = time.perf_counter()
             L, M = matrix.shape
-            energy = float(matrix.double().pow(2).sum())
+            energy = float(torch.linalg.vector_norm(matrix.reshape(-1), dtype=torch.float64)) ** 2
             residual = max(energy - float(np.sum(result.singular_values ** 2)), 0.0) \
                 if result.singular_values.size < min(L, M) else 0.0
             evbmf_spectrum(result.singular_values, L, M, residual, name=label)
@@ -285,8 +271,8 @@ class _Candidate:
     evbmf: Optional[dict]
 
 
-def _ranks_for(candidate: _Candidate, rule: str, ratio: Optional[float], strength: Optional[float],
-               floor_one: bool = False) -> tuple[list[int], Optional[str]]:
+def _ranks_for(candidate: _Candidate, rule: str, ratio: Optional[float],
+               strength: Optional[float]) -> tuple[list[int], Optional[str]]:
     """Ranks of one layer under a rule, or ([], reason) when the rule says keep."""
     kind, bounds = candidate.kind, candidate.bounds
     keys = _rank_keys(kind)
@@ -299,8 +285,6 @@ def _ranks_for(candidate: _Candidate, rule: str, ratio: Optional[float], strengt
         rank = min(entry["rank"], bound)
         if strength is not None:
             rank = weakened_rank(bound, rank, strength)
-        if floor_one:
-            rank = max(1, rank)
         if rank <= 0:
             return [], (f"EVBMF rank 0 on the {_UNFOLDING_NAMES[key]} (σ²={entry['sigma2']:.3g}): no "
                         "component stands out of the noise, so the layer is kept")
@@ -316,16 +300,21 @@ def _dims(layer: Layer, kind: str) -> list[int]:
     return [min(layer.matrix_shape)]
 
 
-def _plan_layer(candidate: _Candidate, rule: str, ratio, strength, round_to, force,
-                floor_one: bool = False) -> LayerPlan:
-    layer = candidate.layer
-    entry = _base_entry(layer, candidate.bias_params)
+def _plan_layer(candidate: _Candidate, rule: str, ratio, strength, round_to, force) -> LayerPlan:
+    entry = _base_entry(candidate.layer, candidate.bias_params)
     entry.evbmf = candidate.evbmf
-    ranks, reason = _ranks_for(candidate, rule, ratio, strength, floor_one)
+    ranks, reason = _ranks_for(candidate, rule, ratio, strength)
     if reason is not None:
         entry.reason = reason
         return entry
-    ranks = [round_rank(r, round_to, b) for r, b in zip(ranks, candidate.bounds)]
+    if round_to:
+        ranks = [round_rank(r, round_to, b) for r, b in zip(ranks, candidate.bounds)]
+    return _decide(candidate, entry, ranks, force)
+
+
+def _decide(candidate: _Candidate, entry: LayerPlan, ranks: list[int], force: bool) -> LayerPlan:
+    """Rewrite at `ranks` if that shrinks params and MACs (or force), else keep with the reason."""
+    layer = candidate.layer
     params, macs = layer_costs(layer, candidate.kind, ranks, candidate.bias_params)
     shrinks = params < entry.params_before and (macs is None or entry.macs_before is None
                                                  or macs < entry.macs_before)
@@ -434,23 +423,19 @@ def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = Non
         if progress is not None:
             progress(done, len(layers), layer.name)
 
-    def plan_at(strength_value, floor_one=False) -> list[LayerPlan]:
+    options = {"ratio": ratio, "strength": strength, "roundTo": round_to, "force": force,
+               "targetMacs": target_macs, "targetParams": target_params}
+    if rule == "budget":
+        entries, achieved_strength = _budget_entries(layers, candidates, constants, metrics, target_macs,
+                                                     target_params, round_to, force)
+        options["achievedStrength"] = achieved_strength
+    else:
         entries = []
         for layer, candidate in zip(layers, candidates):
             if candidate is None:
                 entries.append(_base_entry(layer, _bias_params(layer, constants)))
             else:
-                entries.append(_plan_layer(candidate, "ratio" if rule == "ratio" else "vbmf", ratio,
-                                           strength_value, round_to, force, floor_one))
-        return entries
-
-    options = {"ratio": ratio, "strength": strength, "roundTo": round_to, "force": force,
-               "targetMacs": target_macs, "targetParams": target_params}
-    if rule == "budget":
-        entries, achieved_strength = _search_budget(plan_at, metrics, target_macs, target_params)
-        options["achievedStrength"] = achieved_strength
-    else:
-        entries = plan_at(strength)
+                entries.append(_plan_layer(candidate, rule, ratio, strength, round_to, force))
     totals = _totals(entries, metrics.params, metrics.macs)
     if rule == "budget":
         key, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
@@ -460,33 +445,41 @@ def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = Non
                 | {"force": bool(force)}, input_shape=list(first_input), layers=entries, totals=totals)
 
 
-def _search_budget(plan_at, metrics, target_macs, target_params):
-    """Bisection on the weakening strength w: the achieved ratio falls (weakly) as w grows."""
-    key, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
-    before = metrics.macs if key == "macs" else metrics.params
+def _budget_entries(layers, candidates, constants, metrics, target_macs, target_params, round_to, force):
+    """Ranks from ranks.solve_budget over every decomposable layer, then the usual keep decisions."""
+    kind, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
+    rank_candidates = []
+    original_params = original_macs = 0
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        layer, keys = candidate.layer, _rank_keys(candidate.kind)
+        params, macs = layer_costs(layer, "keep", [], candidate.bias_params)
+        original_params, original_macs = original_params + params, original_macs + (macs or 0)
 
-    def achieved(w: float) -> tuple[float, list[LayerPlan]]:
-        entries = plan_at(w, floor_one=True)
-        return _totals(entries, metrics.params, metrics.macs)[key]["ratio"], entries
+        def cost(ranks, candidate=candidate):
+            p, m = layer_costs(candidate.layer, candidate.kind, list(ranks), candidate.bias_params)
+            return p, m or 0
 
-    lowest, entries_lowest = achieved(BUDGET_W_MAX)
-    if lowest > target * (1 + BUDGET_TOLERANCE):
-        raise EngineInputError(
-            f"target{key.capitalize()} {target} is out of reach: even rank-1 factors leave {lowest:.4f} of the "
-            f"original {key} ({before}); layers that are kept (depthwise, non-shrinking, ...) bound it. "
-            f"Ask for at least {lowest:.3f}")
-    lo, hi = 0.0, BUDGET_W_MAX  # ratio(lo) ≥ target ≥ ratio(hi)
-    best_w, best_ratio, best_entries = BUDGET_W_MAX, lowest, entries_lowest
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        ratio_mid, entries_mid = achieved(mid)
-        if abs(ratio_mid - target) < abs(best_ratio - target) or (
-                abs(ratio_mid - target) == abs(best_ratio - target) and mid < best_w):
-            best_w, best_ratio, best_entries = mid, ratio_mid, entries_mid
-        if ratio_mid > target:
-            lo = mid
+        rank_candidates.append(RankCandidate(
+            name=layer.name, full_ranks=tuple(candidate.bounds),
+            evbmf_ranks=tuple(min(candidate.evbmf[k]["rank"], b) for k, b in zip(keys, candidate.bounds)),
+            cost=cost, original=(params, macs or 0), may_keep=not force))
+    untouched = (metrics.params - original_params, metrics.macs - original_macs)
+    solution = solve_budget(rank_candidates, target, kind, untouched=untouched, tol=BUDGET_TOLERANCE,
+                            round_to=round_to)
+    by_name = {c.name: c for c in rank_candidates}
+    entries = []
+    for layer, candidate in zip(layers, candidates):
+        if candidate is None:
+            entries.append(_base_entry(layer, _bias_params(layer, constants)))
+            continue
+        entry = _base_entry(layer, candidate.bias_params)
+        entry.evbmf = candidate.evbmf
+        ranks = solution.ranks[layer.name]
+        if ranks is None:
+            tried = list(family_ranks(by_name[layer.name], solution.strength, round_to))
+            entries.append(_decide(candidate, entry, tried, force))
         else:
-            hi = mid
-        if abs(best_ratio - target) <= BUDGET_TOLERANCE * target * 0.25 or hi - lo < 1e-6:
-            break
-    return best_entries, best_w
+            entries.append(_decide(candidate, entry, list(ranks), True))
+    return entries, solution.strength

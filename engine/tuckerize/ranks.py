@@ -154,9 +154,9 @@ def solve_budget(layers: list[RankCandidate], target_ratio: float, kind: str = "
     """Ranks whose whole-graph cost ratio (after/before of `kind`) lands within tol (relative) of target.
 
     untouched: (params, macs) of everything that is not a candidate (kept layers, other ops).
-    Bisection over the single family parameter t (module docstring); when no t lands within tol
-    (one layer's rank step jumps over the band) single layers are then stepped up from the side below
-    the target until the ratio is within tol. Raises EngineInputError when the target lies outside the
+    Bisection over the single family parameter t (module docstring) to the step nearest the target;
+    when that is not within tol (one layer's rank step jumps over the band) single layers are stepped
+    up from the side below the target until the ratio is within tol. Raises EngineInputError when the target lies outside the
     reachable range (stated) or cannot be hit within tol at these layers' rank granularity.
     """
     if kind not in _KINDS:
@@ -196,19 +196,19 @@ def solve_budget(layers: list[RankCandidate], target_ratio: float, kind: str = "
             f"target {kind} ratio {target_ratio:g} is unreachable: this model's reachable range is "
             f"[{lo[0]:.4g}, {hi[0]:.4g}] (all ranks 1 .. full ranks; {untouched[k] / before[k]:.1%} of its "
             f"{kind} is outside decomposable layers); choose a target in that range")
-    for t, state in ((hi_t, hi), (lo_t, lo)):
-        if within(state[0]):
-            return solution(t, state[0], state[2], state[3])
-    # Invariant: ratio(hi_t) > target > ratio(lo_t).
-    for _ in range(_BISECTION_STEPS):
-        mid_t = 0.5 * (hi_t + lo_t)
-        mid = at(mid_t)
-        if within(mid[0]):
-            return solution(mid_t, mid[0], mid[2], mid[3])
-        if mid[0] > target_ratio:
-            hi_t, hi = mid_t, mid
-        else:
-            lo_t, lo = mid_t, mid
+    # Bisect to the step of the family that crosses the target (ratio(hi_t) > target >= ratio(lo_t)),
+    # then take the closer side: the answer is as near the target as the family allows.
+    if hi[0] > target_ratio >= lo[0]:
+        for _ in range(_BISECTION_STEPS):
+            mid_t = 0.5 * (hi_t + lo_t)
+            mid = at(mid_t)
+            if mid[0] > target_ratio:
+                hi_t, hi = mid_t, mid
+            else:
+                lo_t, lo = mid_t, mid
+    t, state = min(((hi_t, hi), (lo_t, lo)), key=lambda ts: abs(ts[1][0] - target_ratio))
+    if within(state[0]):
+        return solution(t, state[0], state[2], state[3])
 
     # No t lands in the band: from the ranks below the target, raise single layers by one rank step
     # (towards the ranks above it), each time taking the move that ends closest to the target

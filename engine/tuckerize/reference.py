@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checkpoints import load_checkpoint, save_checkpoint
 from .data import load_fashion_mnist
 from .errors import EngineInputError
 
@@ -181,17 +182,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / x.shape[0]
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, device) -> dict:
-    kwargs = {"weights_only": True} if "weights_only" in inspect.signature(torch.load).parameters else {}
-    return torch.load(path, map_location=device, **kwargs)
-
-
 def train(arch: str, epochs: int, seed: int, out: Path, device: str = "cpu", data_dir: Optional[str] = None,
           batch_size: int = 256, lr: float = 0.1, weight_decay: float = 5e-4, time_budget: Optional[float] = None,
           max_samples: Optional[int] = None, log: Callable[[str], None] = print) -> dict:
@@ -274,8 +264,8 @@ def train(arch: str, epochs: int, seed: int, out: Path, device: str = "cpu", dat
             if affordable < state["epochs"]:
                 log(f"time budget {time_budget:.0f}s: {epochs} epochs do not fit, training {affordable}")
                 state["epochs"] = max(state["epoch"], affordable)
-        atomic_torch_save({"arch": arch, "seed": seed, "model": model.state_dict(),
-                           "optimizer": optimizer.state_dict(), "state": state}, ckpt_path)
+        save_checkpoint({"arch": arch, "seed": seed, "model": model.state_dict(),
+                         "optimizer": optimizer.state_dict(), "state": state}, ckpt_path)
 
     model = model.float().to(memory_format=torch.contiguous_format)
     final_acc = evaluate(model, x_test, y_test)

@@ -159,7 +159,9 @@ def export_zoo_model(
     dynamic_batch: bool = False,
     seed: int = 0,
 ) -> Path:
-    """Export `name` to `path` as ONNX (graph input "input" N×3×S×S, output "output")."""
+    """Export `name` to `path` as ONNX: graph input "input" (batch×3×S×S, batch "N" if dynamic_batch),
+    output "output" (logits). Weights are random (seeded); BatchNorm statistics are calibrated at S
+    and then folded into the convolutions by the exporter."""
     model = build_zoo_model(name, seed, calibrate_input_size=input_size)
     example = torch.zeros(batch, 3, input_size, input_size)
     kwargs = dict(
@@ -175,6 +177,11 @@ def export_zoo_model(
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False
     path = Path(path)
-    with torch.no_grad():
-        torch.onnx.export(model, (example,), str(path), **kwargs)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(model, (example,), str(path), **kwargs)
+    except RuntimeError as exc:  # torch's SymbolicValueError and friends derive from it
+        raise EngineInputError(
+            f"exporting {name} at {input_size}x{input_size} (opset {opset}) failed: {str(exc).splitlines()[0]}. "
+            f"AlexNet, VGG-16 and VGG-S need 224 (their classifiers fix the feature-map size)") from exc
     return path

@@ -19,8 +19,3 @@ export interface AppContext {
   /** null when analysis is disabled */
   analyzer: ModelAnalyzer | null;
 }
-
-/** Redis pub/sub channel on which the job id of a canceled job is published; the worker subscribes. */
-export function cancelChannel(queuePrefix: string): string {
-  return `${queuePrefix}:cancel`;
-}

@@ -29,6 +29,12 @@ export class JobEventHub {
     };
   }
 
+  /** Resolves once the QueueEvents connection is up, so events published afterwards reach subscribers. */
+  async ready(): Promise<void> {
+    this.ensureStarted();
+    await this.queueEvents?.waitUntilReady();
+  }
+
   private emit(jobId: string, kind: QueueEventKind, data: unknown): void {
     for (const listener of this.listeners.get(jobId) ?? []) listener(kind, data);
   }

@@ -137,10 +137,12 @@ export const CreateJobBodySchema = z
   .object({
     modelId: z.uuid({ error: 'modelId must be the id of an uploaded model (a UUID)' }),
     datasetId: z
-      .union([z.uuid(), z.enum(BUILTIN_DATASETS)], {
+      .string()
+      .refine((value) => (BUILTIN_DATASETS as readonly string[]).includes(value) || z.uuid().safeParse(value).success, {
         error: `datasetId must be a dataset id (UUID) or one of ${BUILTIN_DATASETS.join(', ')}`,
       })
-      .optional(),
+      .optional()
+      .describe(`an uploaded dataset's id, or one of ${BUILTIN_DATASETS.join(', ')}`),
     options: JobOptionsSchema.default({ rule: 'vbmf' }),
   })
   .strict()

@@ -75,10 +75,11 @@ const FLOAT32 = 1;
 
 /**
  * Refuses a job whose dataset cannot be fed to its model: the model must take one float32 (N,C,H,W)
- * input, and an .npz's C, H, W must equal the model's fixed dimensions (symbolic ones accept any size).
- * Image folders are decoded and resized by the engine, so only the model's side is checked for them.
+ * input; an .npz's C, H, W must equal the model's fixed dimensions (symbolic ones accept any size); image
+ * folders are decoded to 1 or 3 channels and resized by the engine, so only C is checked for them. With
+ * `outputs`, labelled data must not hold more classes than a 2-D (N, K) output scores.
  */
-export function checkDatasetFitsModel(dataset: DatasetInspection, inputs: ModelInput[]): void {
+export function checkDatasetFitsModel(dataset: DatasetInspection, inputs: ModelInput[], outputs?: ModelInput[]): void {
   if (inputs.length !== 1) {
     throw new InputRejected('dataset_shape_mismatch', `the model has ${inputs.length} inputs (${inputs.map((i) => quote(i.name)).join(', ')}); datasets can feed only single-input models`);
   }
@@ -89,16 +90,33 @@ export function checkDatasetFitsModel(dataset: DatasetInspection, inputs: ModelI
   if (input.elemType !== undefined && input.elemType !== FLOAT32) {
     throw new InputRejected('dataset_shape_mismatch', `model input ${quote(input.name)} has element type ${input.elemType}; dataset images are fed as float32`);
   }
-  if (dataset.format !== 'npz') return;
-  const [, c, h, w] = dataset.info.shape;
-  const names = ['C', 'H', 'W'];
-  [c, h, w].forEach((size, k) => {
-    const dim = input.dims[k + 1];
-    if (typeof dim === 'number' && dim !== size) {
+  if (dataset.format === 'npz') {
+    const [, c, h, w] = dataset.info.shape;
+    const names = ['C', 'H', 'W'];
+    [c, h, w].forEach((size, k) => {
+      const dim = input.dims[k + 1];
+      if (typeof dim === 'number' && dim !== size) {
+        throw new InputRejected(
+          'dataset_shape_mismatch',
+          `the dataset's images are (C, H, W) = (${c}, ${h}, ${w}) but model input ${quote(input.name)} expects [${input.dims.join(', ')}]: ${names[k]} differs (${size} vs ${dim})`,
+        );
+      }
+    });
+  } else {
+    const channels = input.dims[1];
+    if (typeof channels === 'number' && channels !== 1 && channels !== 3) {
       throw new InputRejected(
         'dataset_shape_mismatch',
-        `the dataset's images are (C, H, W) = (${c}, ${h}, ${w}) but model input ${quote(input.name)} expects [${input.dims.join(', ')}]: ${names[k]} differs (${size} vs ${dim})`,
+        `model input ${quote(input.name)} takes ${channels} channels; image datasets are decoded to 1 (grayscale) or 3 (RGB) channels: upload an .npz with ${channels}-channel arrays instead`,
       );
     }
-  });
+  }
+  const classes = dataset.format === 'npz' ? dataset.info.classes : (dataset.info.numClasses ?? undefined);
+  const scores = outputs?.length === 1 && outputs[0]!.dims.length === 2 ? outputs[0]!.dims[1] : undefined;
+  if (classes !== undefined && typeof scores === 'number' && classes > scores) {
+    throw new InputRejected(
+      'dataset_shape_mismatch',
+      `the dataset's labels go up to ${classes - 1} but model output ${quote(outputs![0]!.name)} scores ${scores} classes; use labels below ${scores}`,
+    );
+  }
 }

@@ -236,8 +236,11 @@ async function readHead(c: FileCursor, end: number, message: string): Promise<Fi
   let length = 0;
   if (wire === WIRE_LEN) {
     length = c.varint(end, `the length of field ${field} of ${message}`);
-    if (length < 0 || c.pos + length > end) {
-      if (c.pos + length > c.size || length < 0) {
+    if (length < 0) {
+      throw new InputRejected('onnx_not_protobuf', `field ${field} of ${message} at byte ${at} declares a negative length: the file is not a protobuf (ONNX) model`);
+    }
+    if (c.pos + length > end) {
+      if (c.pos + length > c.size) {
         throw new InputRejected(
           'onnx_truncated',
           `field ${field} of ${message} at byte ${at} declares ${length} bytes but the file ends after ${c.size} bytes: the upload is truncated (or not an ONNX model)`,

@@ -32,6 +32,7 @@ export type RejectionCode =
   | 'zip_size_mismatch'
   | 'zip_nested_archive'
   | 'zip_not_image'
+  | 'zip_image_too_large'
   | 'zip_layout'
   | 'zip_empty'
   // NPZ

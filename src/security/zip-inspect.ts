@@ -19,16 +19,19 @@ export interface ZipLimits {
    */
   ratioCheckMinBytes: number;
   maxNameBytes: number;
+  /** Width × height an image header may declare: a few bytes of PNG can promise a 100 000² canvas. */
+  maxImagePixels: number;
 }
 
 export const DEFAULT_ZIP_LIMITS: ZipLimits = {
-  // Fashion-MNIST has 70 000 images; room for a few times that.
-  maxEntries: 250_000,
+  // The engine's limits (engine/tuckerize/data.py), so an archive accepted here is one the engine reads.
+  maxEntries: 200_000,
   maxEntryBytes: 32 * 1024 * 1024,
   maxTotalBytes: 4 * 1024 * 1024 * 1024,
   maxCompressionRatio: 100,
   ratioCheckMinBytes: 1024 * 1024,
   maxNameBytes: 1024,
+  maxImagePixels: 64 * 1024 * 1024,
 };
 
 export interface ZipEntryInfo {
@@ -228,7 +231,39 @@ const NESTED_ARCHIVES: [string, Buffer][] = [
 ];
 const PNG = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
 const JPEG = Buffer.from([0xff, 0xd8, 0xff]);
-const MAGIC_BYTES = 8;
+/** Enough of a JPEG to pass its EXIF/ICC segments and reach the frame header in all but odd files. */
+const HEADER_SCAN_BYTES = 256 * 1024;
+
+/**
+ * Width and height from the image header: PNG's IHDR (always the first chunk) or a JPEG frame marker
+ * (SOF0–SOF15 but DHT, JPG and DAC, which share the range). Null when the scanned bytes do not reach it.
+ */
+export function imageDimensions(head: Buffer, format: ImageFormat): { width: number; height: number } | null {
+  if (format === 'png') {
+    if (head.length < 24 || head.toString('latin1', 12, 16) !== 'IHDR') return null;
+    return { width: head.readUInt32BE(16), height: head.readUInt32BE(20) };
+  }
+  let i = 2;
+  while (i + 4 <= head.length) {
+    if (head[i] !== 0xff) return null;
+    const marker = head[i + 1]!;
+    if (marker === 0xff) {
+      i++; // fill byte
+      continue;
+    }
+    if (marker === 0x01 || (marker >= 0xd0 && marker <= 0xd8)) {
+      i += 2; // markers without a length
+      continue;
+    }
+    const isFrame = marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc;
+    if (isFrame) {
+      if (i + 9 > head.length) return null;
+      return { width: head.readUInt16BE(i + 7), height: head.readUInt16BE(i + 5) };
+    }
+    i += 2 + head.readUInt16BE(i + 2);
+  }
+  return null;
+}
 
 export type ImageFormat = 'png' | 'jpeg';
 
@@ -245,78 +280,144 @@ export function sniffImage(head: Buffer, name: string): ImageFormat {
 }
 
 export interface ZipDatasetSummary {
-  /** Class folder names, sorted: the label of an image is its folder's index in this list. */
+  /** false when every image sits at the top level (unlabelled data, for distillation). */
+  labelled: boolean;
+  /** Class folder names, sorted. */
   classes: string[];
+  /**
+   * Label of each class, as the engine assigns them (engine/tuckerize/data.py): the folder's number when
+   * every folder name is a non-negative integer, else its index in `classes`.
+   */
+  labels: Record<string, number>;
+  /** Highest label + 1 (the model's output size must be at least this), or null when unlabelled. */
+  numClasses: number | null;
   countsPerClass: Record<string, number>;
   total: number;
   /** The single top-level folder the classes sit in, if any. */
   root: string | null;
   formats: Record<ImageFormat, number>;
+  /** Entries skipped like the engine skips them: macOS resource forks (__MACOSX/) and hidden files. */
+  ignored: number;
 }
 
-/** Finds class/image (or root/class/image) for every file, or explains the expected layout. */
-function classLayout(files: ZipEntryInfo[]): { root: string | null; classOf: Map<string, string> } {
-  const firsts = new Set(files.map((f) => f.parts[0]));
-  const nested = files.every((f) => f.parts.length === 3) && firsts.size === 1;
+const IMAGE_EXTENSIONS = /\.(png|jpe?g)$/i;
+
+/** What the engine never reads: zip tools on macOS add __MACOSX/ and .DS_Store; hidden files in general. */
+function isIgnored(entry: ZipEntryInfo): boolean {
+  return entry.parts[0] === '__MACOSX' || entry.parts.some((p) => p.startsWith('.'));
+}
+
+interface Layout {
+  root: string | null;
+  /** entry name → class folder, or null for an unlabelled (top-level) image */
+  classOf: Map<string, string | null>;
+}
+
+/**
+ * CLASS/IMAGE (optionally under one top folder) or, for unlabelled data, every image at the top level;
+ * the same rules the engine applies when it reads the archive.
+ */
+function imageLayout(files: ZipEntryInfo[]): Layout {
+  const tops = new Set(files.map((f) => f.parts[0]));
+  const nested = tops.size === 1 && files.every((f) => f.parts.length === 3);
   const root = nested ? files[0]!.parts[0]! : null;
-  const depth = nested ? 3 : 2;
-  const classOf = new Map<string, string>();
-  for (const f of files) {
-    if (f.parts.length !== depth) {
-      throw new InputRejected(
-        'zip_layout',
-        `entry ${quote(f.name)} is not inside a class folder; lay the dataset out as class_name/image.png (optionally under one top-level folder), one folder per class`,
-      );
-    }
-    classOf.set(f.name, f.parts[depth - 2]!);
+  const relative = files.map((f) => (nested ? f.parts.slice(1) : f.parts));
+  const tooDeep = files.find((_, i) => relative[i]!.length > 2);
+  if (tooDeep) {
+    throw new InputRejected('zip_layout', `entry ${quote(tooDeep.name)} is nested too deep; lay the dataset out as class_name/image.png (optionally under one top-level folder)`);
   }
+  const depths = new Set(relative.map((r) => r.length));
+  if (depths.size > 1) {
+    const loose = files.find((_, i) => relative[i]!.length === 1)!;
+    throw new InputRejected(
+      'zip_layout',
+      `entry ${quote(loose.name)} sits at the top level while other images are in class folders; use one layout: class_name/image.png for labelled data, or all images at the top level for unlabelled data`,
+    );
+  }
+  const classOf = new Map<string, string | null>();
+  files.forEach((f, i) => classOf.set(f.name, relative[i]!.length === 2 ? relative[i]![0]! : null));
   return { root, classOf };
 }
 
-/** Inspects a class-per-folder image dataset; throws InputRejected naming the first problem found. */
+/** Inspects an image dataset; throws InputRejected naming the first problem found. */
 export async function inspectZipDataset(path: string, fileBytes: number, limits: ZipLimits = DEFAULT_ZIP_LIMITS): Promise<ZipDatasetSummary> {
   const counts = new Map<string, number>();
   const formats: Record<ImageFormat, number> = { png: 0, jpeg: 0 };
-  let layout: { root: string | null; classOf: Map<string, string> } = { root: null, classOf: new Map() };
+  let layout: Layout = { root: null, classOf: new Map() };
+  let total = 0;
+  let ignored = 0;
 
   await scanZip(
     path,
     fileBytes,
     limits,
     (entries) => {
-      const files = entries.filter((e) => !e.isDirectory);
-      if (files.length === 0) throw new InputRejected('zip_empty', 'the archive holds no files; put images in one folder per class');
-      layout = classLayout(files);
+      const files = entries.filter((e) => !e.isDirectory && !isIgnored(e));
+      ignored = entries.filter((e) => !e.isDirectory && isIgnored(e)).length;
+      if (files.length === 0) throw new InputRejected('zip_empty', 'the archive holds no images; put PNG or JPEG images in one folder per class');
+      layout = imageLayout(files);
     },
     (entry) => {
-      let head = Buffer.alloc(0);
-      let sniffed = false;
-      const sniff = (): void => {
-        if (sniffed) return;
-        sniffed = true;
+      // Ignored entries are still streamed (their declared sizes are verified) but never interpreted.
+      if (isIgnored(entry)) return null;
+      const chunks: Buffer[] = [];
+      let gathered = 0;
+      let checked = false;
+      const check = (): void => {
+        if (checked) return;
+        checked = true;
+        const head = Buffer.concat(chunks);
         const format = sniffImage(head, entry.name);
+        if (!IMAGE_EXTENSIONS.test(entry.name)) {
+          throw new InputRejected('zip_not_image', `entry ${quote(entry.name)} holds a ${format.toUpperCase()} image but lacks a .png, .jpg or .jpeg extension; rename it`);
+        }
+        const size = imageDimensions(head, format);
+        if (size !== null && (size.width === 0 || size.height === 0)) {
+          throw new InputRejected('zip_not_image', `entry ${quote(entry.name)} declares a ${size.width}×${size.height} image; it is not a usable ${format.toUpperCase()}`);
+        }
+        if (size !== null && size.width * size.height > limits.maxImagePixels) {
+          throw new InputRejected(
+            'zip_image_too_large',
+            `entry ${quote(entry.name)} declares ${size.width}×${size.height} pixels, over the limit of ${limits.maxImagePixels}: refused as a decompression bomb; resize the image`,
+          );
+        }
         formats[format]++;
-        const cls = layout.classOf.get(entry.name)!;
-        counts.set(cls, (counts.get(cls) ?? 0) + 1);
+        total++;
+        const cls = layout.classOf.get(entry.name);
+        if (cls) counts.set(cls, (counts.get(cls) ?? 0) + 1);
       };
       return {
         write(chunk) {
-          if (head.length < MAGIC_BYTES) head = Buffer.concat([head, chunk.subarray(0, MAGIC_BYTES - head.length)]);
-          if (head.length >= MAGIC_BYTES) sniff();
+          if (checked) return;
+          chunks.push(chunk.subarray(0, HEADER_SCAN_BYTES - gathered));
+          gathered += chunks[chunks.length - 1]!.length;
+          if (gathered >= HEADER_SCAN_BYTES) check();
         },
         end() {
-          sniff();
+          check();
         },
       };
     },
   );
 
   const classes = [...counts.keys()].sort();
+  const numeric = classes.length > 0 && classes.every((c) => /^\d+$/.test(c));
+  const labels: Record<string, number> = {};
   const countsPerClass: Record<string, number> = {};
-  let total = 0;
-  for (const c of classes) {
+  classes.forEach((c, i) => {
+    labels[c] = numeric ? Number(c) : i;
     countsPerClass[c] = counts.get(c)!;
-    total += counts.get(c)!;
-  }
-  return { classes, countsPerClass, total, root: layout.root, formats };
+  });
+  const labelled = classes.length > 0;
+  return {
+    labelled,
+    classes,
+    labels,
+    numClasses: labelled ? Math.max(...Object.values(labels)) + 1 : null,
+    countsPerClass,
+    total,
+    root: layout.root,
+    formats,
+    ignored,
+  };
 }

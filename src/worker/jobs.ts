@@ -516,11 +516,12 @@ class JobRun {
     const { prisma } = this.deps;
 
     if (error instanceof JobCanceledError) {
-      await prisma.job.updateMany({
-        where: { id: this.jobId, status: { in: ['queued', 'running', 'canceled'] } },
-        data: { status: 'canceled', errorCategory: 'canceled', errorMessage: 'canceled by the user', finishedAt: new Date() },
+      // The API normally wrote `canceled` already (and its event); this covers a cancel seen only by us.
+      const updated = await prisma.job.updateMany({
+        where: { id: this.jobId, status: { in: ['queued', 'running'] } },
+        data: { status: 'canceled', errorCategory: 'canceled', errorMessage: 'canceled by the client', finishedAt: new Date() },
       });
-      await this.event('status', { status: 'canceled' });
+      if (updated.count > 0) await this.event('status', { status: 'canceled' });
       await this.removeJobDir();
       this.log.info('job canceled; engine stopped');
       return error;

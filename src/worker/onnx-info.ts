@@ -285,7 +285,9 @@ export function parseOnnxModel(bytes: Uint8Array): OnnxModelInfo {
 }
 
 export async function readOnnxModel(path: string): Promise<OnnxModelInfo> {
-  const bytes = new Uint8Array(await readFile(path));
+  const file = await readFile(path);
+  // A view, not a copy: models run to hundreds of megabytes.
+  const bytes = new Uint8Array(file.buffer, file.byteOffset, file.byteLength);
   try {
     return parseOnnxModel(bytes);
   } catch (err) {

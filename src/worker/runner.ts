@@ -11,7 +11,8 @@ import type { Config } from '../config.js';
 import { createPrisma, type PrismaClient } from '../db/client.js';
 import { migrate } from '../db/migrate.js';
 import { CancelBus } from '../queue/cancel.js';
-import { COMPRESSION_QUEUE, type CompressionJobData } from '../queue/index.js';
+import { requeueOrphans } from '../db/reconcile.js';
+import { COMPRESSION_QUEUE, createCompressionQueue, type CompressionJobData } from '../queue/index.js';
 import { ArtifactStore } from '../store/artifacts.js';
 import { createJobProcessor, markFailedIfUnfinished, type JobOutcome, type MeasureFn, type ProcessorDeps } from './jobs.js';
 
@@ -22,6 +23,8 @@ export interface StartWorkerOptions {
   measureRuns?: number;
   onEngineStarted?: ProcessorDeps['onEngineStarted'];
   cancelPollMs?: number;
+  /** Period of the requeue of job rows missing from Redis (after a Redis restart). */
+  reconcileEveryMs?: number;
   /** BullMQ lock/stall settings; tests shorten them to see stall recovery quickly. */
   lockDurationMs?: number;
   stalledIntervalMs?: number;
@@ -34,6 +37,14 @@ export interface RunningWorker {
   /** Stops taking jobs, lets running ones finish, then closes every connection. */
   close(): Promise<void>;
 }
+
+/**
+ * Rows younger than this may still be in the middle of their API request's enqueue; leave them to it.
+ * (A second enqueue would be harmless, BullMQ dedupes by job id, but it would log a needless requeue.)
+ */
+const ORPHAN_MIN_AGE_MS = 10_000;
+/** Redis here keeps nothing on disk: after a restart the queue is empty but the rows are not. */
+const RECONCILE_EVERY_MS = 5 * 60 * 1000;
 
 /** Temp files older than this in the store's tmp dir are from crashed uploads or ingests. */
 const TEMP_MAX_AGE_MS = 60 * 60 * 1000;
@@ -68,23 +79,6 @@ export async function sweepJobDirs(prisma: PrismaClient, storageDir: string, log
   return removed;
 }
 
-/** `requeueOrphans` belongs to the API helper; called when their build provides it. */
-async function requeueOrphansIfAvailable(config: Config, prisma: PrismaClient, logger: Logger): Promise<void> {
-  const specifier = '../queue/orphans.js';
-  let mod: Record<string, unknown>;
-  try {
-    mod = (await import(specifier)) as Record<string, unknown>;
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    if (e.code === 'ERR_MODULE_NOT_FOUND' && e.message.includes('orphans')) return;
-    throw err;
-  }
-  if (typeof mod.requeueOrphans !== 'function') return;
-  const requeue = mod.requeueOrphans as (c: Config, p: PrismaClient, l: Logger) => Promise<unknown>;
-  const result = await requeue(config, prisma, logger);
-  logger.info({ result }, 'requeued orphaned jobs');
-}
-
 export async function startWorker(config: Config, options: StartWorkerOptions = {}): Promise<RunningWorker> {
   const workerId = `${os.hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
   const logger = (options.logger ?? pino({ level: config.logLevel, base: { service: 'worker' } })).child({ workerId });
@@ -96,9 +90,19 @@ export async function startWorker(config: Config, options: StartWorkerOptions = 
   // BullMQ workers block on Redis; ioredis must retry forever instead of failing their commands.
   const connection = new Redis(config.redisUrl, { maxRetriesPerRequest: null });
 
+  const producer = createCompressionQueue(connection, config.queuePrefix);
+
   await sweepJobDirs(prisma, config.storageDir, logger);
   await store.cleanupTemp(TEMP_MAX_AGE_MS);
-  await requeueOrphansIfAvailable(config, prisma, logger);
+  const reconcile = async (): Promise<void> => {
+    const result = await requeueOrphans(prisma, producer, { olderThanMs: ORPHAN_MIN_AGE_MS });
+    if (result.requeued.length > 0) logger.warn({ requeued: result.requeued }, 'requeued jobs missing from Redis');
+  };
+  await reconcile();
+  const reconcileTimer = setInterval(() => {
+    reconcile().catch((err: unknown) => logger.warn({ err }, 'periodic requeue of orphaned jobs failed'));
+  }, options.reconcileEveryMs ?? RECONCILE_EVERY_MS);
+  reconcileTimer.unref();
 
   const processor = createJobProcessor({
     config,
@@ -140,7 +144,9 @@ export async function startWorker(config: Config, options: StartWorkerOptions = 
   let closing: Promise<void> | null = null;
   const close = (): Promise<void> => {
     closing ??= (async () => {
+      clearInterval(reconcileTimer);
       await worker.close();
+      await producer.close();
       await cancels.close();
       await connection.quit();
       await prisma.$disconnect();

@@ -109,7 +109,8 @@ export interface MeasurementReport {
   table1: {
     weights: Comparison;
     macs: Comparison;
-    top1: { before: number | null; after: number | null } | null;
+    /** accuracies from the engine (labelled data); change = after − before */
+    top1: { before: number | null; after: number | null; change: number | null } | null;
     latencyMs: Comparison;
     energyMillijoulesEstimate: Comparison;
   };
@@ -244,6 +245,12 @@ export function compareSignatures(kind: 'input' | 'output', original: IoSignatur
 
 /** The concrete input shape at a batch size; null batch keeps a static batch dimension as declared. */
 export function resolveInputShape(input: IoSignature, batch: number, override?: number[]): number[] {
+  if (input.shape.length === 0) {
+    if (!override || override.length === 0) {
+      throw new VerificationError(`input '${input.name}' declares no shape; pass inputShape [N, C, H, W] to say what size to test`);
+    }
+    return override.map((d, i) => (i === 0 ? batch : d));
+  }
   return input.shape.map((d, i) => {
     const isStatic = typeof d === 'number' && d > 0;
     if (i === 0) return isStatic ? (d as number) : batch;
@@ -498,7 +505,15 @@ export async function verifyAndMeasure(options: VerifyOptions): Promise<Measurem
       table1: {
         weights: compare(originalCost.params, compressedCost.params),
         macs: compare(originalCost.macs, compressedCost.macs),
-        top1: options.top1 ? { before: options.top1.original, after: options.top1.compressed } : null,
+        top1: options.top1
+          ? {
+            before: options.top1.original,
+            after: options.top1.compressed,
+            change: options.top1.original !== null && options.top1.compressed !== null
+              ? options.top1.compressed - options.top1.original
+              : null,
+          }
+          : null,
         latencyMs: compare(batch1.original.medianMs, batch1.compressed.medianMs),
         energyMillijoulesEstimate: compare(energy.original.millijoules, energy.compressed.millijoules),
       },

@@ -1,4 +1,4 @@
-// Small ONNX fixtures built at test time with the engine's Python (onnx.helper), so no binary is committed
+// Small ONNX models and datasets built at test time with the engine's Python (onnx.helper), so no binary is committed
 // and each fixture's construction is visible here.
 import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -49,15 +49,45 @@ cm = helper.make_model(custom, opset_imports=[helper.make_opsetid('', 13), helpe
 cm.ir_version = 7
 onnx.save(cm, out + '/custom-op.onnx')
 
-huge = helper.make_tensor_value_info('input', TensorProto.FLOAT, [100000, 100000, 100000])
-hy = helper.make_tensor_value_info('output', TensorProto.FLOAT, [100000, 100000, 100000])
+huge = helper.make_tensor_value_info('input', TensorProto.FLOAT, [1, 3, 10000000, 10000000])
+hy = helper.make_tensor_value_info('output', TensorProto.FLOAT, [1, 3, 10000000, 10000000])
 hg = helper.make_graph([helper.make_node('Relu', ['input'], ['output'])], 'huge', [huge], [hy])
 hm = helper.make_model(hg, opset_imports=[helper.make_opsetid('', 13)])
 hm.ir_version = 7
 onnx.save(hm, out + '/absurd-shape.onnx')
+
+# Structurally fine, but MatMul [1,4] x [5,2] cannot type-check: onnxruntime refuses it at load time.
+mx = helper.make_tensor_value_info('input', TensorProto.FLOAT, [1, 4])
+my = helper.make_tensor_value_info('output', TensorProto.FLOAT, [1, 2])
+mw = numpy_helper.from_array(np.ones((5, 2), np.float32), 'w')
+mg = helper.make_graph([helper.make_node('MatMul', ['input', 'w'], ['output'], name='mm')], 'bad', [mx], [my], [mw])
+mm = helper.make_model(mg, opset_imports=[helper.make_opsetid('', 13)])
+mm.ir_version = 7
+onnx.save(mm, out + '/ort-refuses.onnx')
+
+# datasets
+import zipfile, zlib, struct
+np.savez(out + '/images.npz', x=rng.integers(0, 255, (8, 3, 16, 16), dtype=np.uint8), y=np.arange(8) % 2)
+np.savez(out + '/mnist-shaped.npz', x=np.zeros((4, 1, 28, 28), np.float32))
+np.savez(out + '/pickled.npz', x=np.array([{'a': 1}, None], dtype=object))
+
+def png(width=4, height=4, gray=128):
+    raw = b''.join(b'\x00' + bytes([gray]) * width for _ in range(height))
+    def chunk(kind, data):
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff)
+    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0))
+            + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b''))
+
+with zipfile.ZipFile(out + '/classes.zip', 'w') as z:
+    for cls in ('cat', 'dog'):
+        for i in range(3):
+            z.writestr(f'{cls}/{i}.png', png(gray=40 * i + (100 if cls == 'dog' else 0)))
+with zipfile.ZipFile(out + '/slip.zip', 'w') as z:
+    z.writestr('cat/0.png', png())
+    z.writestr('../../evil.png', png())
 `;
 
-export interface OnnxFixtures {
+export interface Fixtures {
   dir: string;
   /** Conv → Relu → GAP → Flatten → Gemm, input [N,3,16,16], output [N,10], opset 13 */
   tiny: string;
@@ -67,8 +97,20 @@ export interface OnnxFixtures {
   external: string;
   /** one node of an op nobody implements (domain com.example) */
   customOp: string;
-  /** declares a 10^15-element input */
+  /** declares a 3·10^14-element input (dims of 10^7) */
   absurdShape: string;
+  /** passes the structural checks; onnxruntime refuses it (MatMul shape mismatch) */
+  ortRefuses: string;
+  /** x uint8 [8,3,16,16], y [8]: fits `tiny` */
+  imagesNpz: string;
+  /** x float32 [4,1,28,28]: does not fit `tiny` */
+  mnistShapedNpz: string;
+  /** x is an object array (would need pickle) */
+  pickledNpz: string;
+  /** cat/ and dog/ folders with 3 PNGs each */
+  classesZip: string;
+  /** holds ../../evil.png */
+  slipZip: string;
   /** the first half of tiny.onnx */
   truncated: string;
   /** 4 KiB of random bytes */
@@ -77,7 +119,7 @@ export interface OnnxFixtures {
   cleanup(): Promise<void>;
 }
 
-export async function createOnnxFixtures(): Promise<OnnxFixtures> {
+export async function createFixtures(): Promise<Fixtures> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'tuckerize-fixtures-'));
   await run(PYTHON, ['-c', SCRIPT, dir]);
   const tiny = path.join(dir, 'tiny.onnx');
@@ -102,6 +144,12 @@ export async function createOnnxFixtures(): Promise<OnnxFixtures> {
     external: path.join(dir, 'external.onnx'),
     customOp: path.join(dir, 'custom-op.onnx'),
     absurdShape: path.join(dir, 'absurd-shape.onnx'),
+    ortRefuses: path.join(dir, 'ort-refuses.onnx'),
+    imagesNpz: path.join(dir, 'images.npz'),
+    mnistShapedNpz: path.join(dir, 'mnist-shaped.npz'),
+    pickledNpz: path.join(dir, 'pickled.npz'),
+    classesZip: path.join(dir, 'classes.zip'),
+    slipZip: path.join(dir, 'slip.zip'),
     truncated,
     random,
     empty,

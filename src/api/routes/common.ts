@@ -1,7 +1,7 @@
 // Helpers shared by the route plugins.
 import { createHash } from 'node:crypto';
 import path from 'node:path';
-import type { z } from 'zod';
+import { PROBLEM_CONTENT_TYPE } from '../errors.js';
 import { ProblemSchema } from '../schemas.js';
 
 const PROBLEM_DESCRIPTIONS: Record<number, string> = {
@@ -16,11 +16,14 @@ const PROBLEM_DESCRIPTIONS: Record<number, string> = {
   503: 'a dependency (database or Redis) is unavailable',
 };
 
-/** Problem+json response schemas for the given status codes (OpenAPI documentation and serialization). */
-export function problems(...statuses: number[]): Record<number, typeof ProblemSchema> {
-  const out: Record<number, typeof ProblemSchema> = {};
+/** Problem+json responses for the given status codes (OpenAPI documentation and serialization). */
+export function problems(...statuses: number[]) {
+  const out: Record<number, { description: string; content: { 'application/problem+json': { schema: typeof ProblemSchema } } }> = {};
   for (const status of statuses) {
-    out[status] = ProblemSchema.describe(PROBLEM_DESCRIPTIONS[status] ?? 'error') as typeof ProblemSchema;
+    out[status] = {
+      description: PROBLEM_DESCRIPTIONS[status] ?? 'error',
+      content: { [PROBLEM_CONTENT_TYPE]: { schema: ProblemSchema } } as { 'application/problem+json': { schema: typeof ProblemSchema } },
+    };
   }
   return out;
 }
@@ -50,8 +53,6 @@ export function canonicalJson(value: unknown): string {
 export function sha256Hex(text: string): string {
   return createHash('sha256').update(text).digest('hex');
 }
-
-export type Infer<T extends z.ZodType> = z.output<T>;
 
 /** Prisma's unique-constraint violation. */
 export function isUniqueViolation(err: unknown): boolean {

@@ -3,9 +3,9 @@ import type { Job } from '@prisma/client';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import type { ServerResponse } from 'node:http';
 import { z } from 'zod';
-import { enqueueCompressionJob } from '../../queue/index.js';
+import { enqueueCompressionJob, publishCancel } from '../../queue/index.js';
 import { principalOf } from '../auth.js';
-import { cancelChannel, type AppContext } from '../context.js';
+import type { AppContext } from '../context.js';
 import { BadRequestError, ConflictError, NotFoundError } from '../errors.js';
 import type { TensorInfo } from '../onnx.js';
 import { checkDatasetFitsModel, type DatasetInspection } from '../../security/index.js';
@@ -234,7 +234,7 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
         }
       }
       try {
-        await redis.publish(cancelChannel(ctx.config.queuePrefix), job.id);
+        await publishCancel(redis, ctx.config.queuePrefix, job.id);
       } catch (err) {
         request.log.warn({ jobId: job.id, err: (err as Error).message }, 'cancel notification not published; the worker will see the DB state');
       }
@@ -276,7 +276,10 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
         params: IdParamsSchema,
         produces: ['application/octet-stream'],
         response: {
-          200: z.any().describe('the compressed model (application/octet-stream)'),
+          200: {
+            description: 'the compressed model',
+            content: { 'application/octet-stream': { schema: z.any().meta({ type: 'string', format: 'binary' }) } },
+          },
           304: z.undefined().describe('not modified (If-None-Match matched)'),
           ...problems(400, 401, 404, 409, 429, 503),
         },
@@ -320,12 +323,34 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
         security: AUTH,
         params: IdParamsSchema,
         produces: ['text/event-stream'],
-        response: { 200: z.any().describe('text/event-stream'), ...problems(400, 401, 404, 429, 503) },
+        response: {
+          200: { description: 'an event stream', content: { 'text/event-stream': { schema: z.string() } } },
+          ...problems(400, 401, 404, 429, 503),
+        },
       },
     },
     async (request, reply) => {
       const { tenantId } = principalOf(request);
-      const job = await findJob(tenantId, request.params.id);
+      await findJob(tenantId, request.params.id);
+      // Subscribe before reading the snapshot, so nothing that happens in between is missed.
+      const buffered: Array<[string, unknown]> = [];
+      let deliver: ((event: string, data: unknown) => void) | undefined;
+      const unsubscribe = events.subscribe(request.params.id, (kind, data) => {
+        const event: [string, unknown] = kind === 'progress' ? ['progress', data] : ['queue', kind];
+        if (deliver) deliver(...event);
+        else buffered.push(event);
+      });
+      let job: Job;
+      try {
+        // Without Redis the stream still works from the DB polls, only without live progress.
+        await withTimeout(events.ready(), ENQUEUE_TIMEOUT_MS).catch((err: Error) =>
+          request.log.warn({ jobId: request.params.id, err: err.message }, 'live progress unavailable; streaming DB state only'),
+        );
+        job = await findJob(tenantId, request.params.id);
+      } catch (err) {
+        unsubscribe();
+        throw err;
+      }
       reply.hijack();
       const raw: ServerResponse = reply.raw;
       raw.writeHead(200, {
@@ -343,6 +368,7 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
       let last = jobView(job);
       send('status', last);
       if (TERMINAL.has(job.status)) {
+        unsubscribe();
         raw.end();
         return;
       }
@@ -377,11 +403,13 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
           checking = false;
         }
       };
-      const unsubscribe = events.subscribe(job.id, (kind, data) => {
+      deliver = (event, data) => {
         if (ended) return;
-        if (kind === 'progress') send('progress', data);
+        // Queue state changes (active, completed, failed) are re-read from the DB, the source of truth.
+        if (event === 'progress') send('progress', data);
         else void check();
-      });
+      };
+      for (const [event, data] of buffered.splice(0)) deliver(event, data);
       const poll = setInterval(() => void check(), SSE_POLL_MS);
       const heartbeat = setInterval(() => raw.write(': keep-alive\n\n'), SSE_HEARTBEAT_MS);
       openStreams.add(end);

@@ -1,0 +1,199 @@
+// The API as a Fastify factory: buildApp(config) returns a ready-to-listen instance without listening, so tests
+// drive it with supertest against the real PostgreSQL and Redis. server.ts only wires config, listen and signals.
+import { randomUUID } from 'node:crypto';
+import helmet from '@fastify/helmet';
+import multipart from '@fastify/multipart';
+import rateLimit from '@fastify/rate-limit';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import type { Queue } from 'bullmq';
+import Fastify, { type FastifyInstance } from 'fastify';
+import {
+  jsonSchemaTransform,
+  jsonSchemaTransformObject,
+  serializerCompiler,
+  validatorCompiler,
+  type ZodTypeProvider,
+} from 'fastify-type-provider-zod';
+import { Redis } from 'ioredis';
+import { collectDefaultMetrics, Registry } from 'prom-client';
+import type { Config } from '../config.js';
+import { createPrisma, type PrismaClient } from '../db/client.js';
+import { createCompressionQueue, type CompressionJobData } from '../queue/index.js';
+import { ArtifactStore } from '../store/artifacts.js';
+import { authenticate, keyPrefixOf } from './auth.js';
+import type { AppContext } from './context.js';
+import { ApiError, registerErrorHandlers } from './errors.js';
+import { JobEventHub } from './job-events.js';
+import { ModelAnalyzer } from './model-analysis.js';
+import { datasetRoutes } from './routes/datasets.js';
+import { jobRoutes } from './routes/jobs.js';
+import { modelRoutes } from './routes/models.js';
+import { opsRoutes } from './routes/ops.js';
+
+export const API_VERSION = '1.0.0';
+
+/** Everything buildApp would otherwise create. Passed-in resources belong to the caller and are not closed. */
+export interface AppDeps {
+  prisma?: PrismaClient;
+  redis?: Redis;
+  queue?: Queue<CompressionJobData>;
+  store?: ArtifactStore;
+  metrics?: Registry;
+  /** run the engine's `analyze --json` after each model upload to fill params/MACs (default true) */
+  analyzeModels?: boolean;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/**
+ * Upload routes read their multipart body as a stream (request.file()), so they declare no body schema to
+ * validate; for the OpenAPI document they get one: a form with the binary field `file`.
+ */
+const documentMultipart: typeof jsonSchemaTransform = (input) => {
+  const out = jsonSchemaTransform(input);
+  const consumes = (input.schema as { consumes?: string[] } | undefined)?.consumes;
+  if (!consumes?.includes('multipart/form-data')) return out;
+  const body = {
+    type: 'object',
+    required: ['file'],
+    properties: { file: { type: 'string', format: 'binary', description: 'the file to upload' } },
+  };
+  return { ...out, schema: { ...out.schema, body } };
+};
+
+export async function buildApp(config: Config, deps: AppDeps = {}): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: {
+      level: config.logLevel,
+      redact: ['req.headers.authorization', 'req.headers["x-admin-key"]'],
+    },
+    // A caller's x-request-id is kept when it is sane, so a request can be followed across services.
+    genReqId: (req) => {
+      const incoming = req.headers['x-request-id'];
+      return typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID();
+    },
+    bodyLimit: 1024 * 1024,
+    trustProxy: false,
+  }).withTypeProvider<ZodTypeProvider>();
+
+  // JSON is the only body type besides the multipart uploads; text/plain would reach validation as a string.
+  app.removeContentTypeParser('text/plain');
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+  registerErrorHandlers(app);
+
+  const owned: Array<() => Promise<unknown>> = [];
+  const prisma = deps.prisma ?? createPrisma(config.databaseUrl);
+  if (!deps.prisma) owned.push(() => prisma.$disconnect());
+  // Fail fast instead of queueing commands forever while Redis is down: readiness and rate limits must answer.
+  const redis = deps.redis ?? new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1, connectTimeout: 2000 });
+  if (!deps.redis) {
+    redis.on('error', (err) => app.log.warn({ err: err.message }, 'redis connection error'));
+    owned.push(() => redis.quit().catch(() => redis.disconnect()));
+  }
+  const queue = deps.queue ?? createCompressionQueue({ url: config.redisUrl, maxRetriesPerRequest: 1, connectTimeout: 2000 }, config.queuePrefix);
+  if (!deps.queue) {
+    queue.on('error', (err) => app.log.warn({ err: err.message }, 'queue connection error'));
+    owned.push(() => queue.close());
+  }
+  const events = new JobEventHub(config.redisUrl, config.queuePrefix);
+  const analyzer = deps.analyzeModels === false ? null : new ModelAnalyzer(config, prisma, app.log);
+  const metrics = deps.metrics ?? new Registry();
+  if (!deps.metrics) collectDefaultMetrics({ register: metrics });
+  const ctx: AppContext = {
+    config,
+    prisma,
+    redis,
+    queue,
+    store: deps.store ?? new ArtifactStore(config.storageDir),
+    events,
+    analyzer,
+  };
+
+  app.addHook('onSend', async (request, reply) => {
+    reply.header('x-request-id', request.id);
+  });
+  app.addHook('onClose', async () => {
+    await analyzer?.close();
+    await events.close();
+    // Close in reverse order of creation; one failure must not leave the others open.
+    const results = await Promise.allSettled(owned.reverse().map((close) => close()));
+    for (const r of results) if (r.status === 'rejected') app.log.warn({ err: String(r.reason) }, 'close failed');
+  });
+
+  await app.register(helmet, {
+    contentSecurityPolicy: {
+      directives: {
+        defaultSrc: ["'self'"],
+        // the docs UI loads its own bundled scripts/styles and inline init
+        scriptSrc: ["'self'", "'unsafe-inline'"],
+        styleSrc: ["'self'", "'unsafe-inline'"],
+        imgSrc: ["'self'", 'data:'],
+      },
+    },
+  });
+  await app.register(rateLimit, {
+    global: true,
+    hook: 'onRequest',
+    max: config.rateLimitPerMinute,
+    timeWindow: 60_000,
+    redis,
+    nameSpace: `${config.queuePrefix}:ratelimit:`,
+    skipOnError: true,
+    // Per API key (its public prefix); requests without a well-formed key share a bucket per client address.
+    keyGenerator: (request) => keyPrefixOf(request.headers.authorization) ?? `ip:${request.ip}`,
+    allowList: (request) => ['/healthz', '/readyz', '/metrics'].includes(request.url.split('?')[0] ?? ''),
+    errorResponseBuilder: (_request, context) =>
+      new ApiError(429, 'too-many-requests', 'Too many requests', `rate limit of ${context.max} requests per minute exceeded; retry in ${context.after}`),
+  });
+  await app.register(multipart, {
+    limits: {
+      fileSize: Math.max(config.maxModelBytes, config.maxDatasetBytes),
+      files: 1,
+      fields: 4,
+      parts: 5,
+      fieldSize: 1024,
+      headerPairs: 100,
+    },
+  });
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: {
+        title: 'tuckerize API',
+        version: API_VERSION,
+        description:
+          'Compression as a service for CNNs (Kim et al., ICLR 2016): upload an ONNX model, create a compression job ' +
+          '(EVBMF ranks, Tucker-2 / SVD rewrites, optional fine-tuning), follow it, download the compressed model and its report. ' +
+          'Errors are RFC 9457 problem+json.',
+      },
+      components: {
+        securitySchemes: { bearerAuth: { type: 'http', scheme: 'bearer', description: 'tk_<prefix>_<secret> API key' } },
+      },
+      tags: [
+        { name: 'models', description: 'ONNX uploads' },
+        { name: 'datasets', description: 'data for fine-tuning and evaluation' },
+        { name: 'jobs', description: 'compression jobs' },
+        { name: 'ops', description: 'health and readiness' },
+      ],
+    },
+    transform: documentMultipart,
+    transformObject: jsonSchemaTransformObject,
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: false });
+
+  app.decorateRequest('principal', null);
+  await app.register(opsRoutes, { ctx, metrics });
+  await app.register(async (v1) => {
+    v1.addHook('onRequest', async (request) => {
+      request.principal = await authenticate(prisma, request.headers.authorization);
+    });
+    await v1.register(modelRoutes, { ctx });
+    await v1.register(datasetRoutes, { ctx });
+    await v1.register(jobRoutes, { ctx });
+  });
+
+  await app.ready();
+  return app;
+}
