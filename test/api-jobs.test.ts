@@ -6,6 +6,7 @@ import { readFile } from 'node:fs/promises';
 import { after, before, describe, test } from 'node:test';
 import { Worker } from 'bullmq';
 import { Redis } from 'ioredis';
+import { buildApp } from '../src/api/app.js';
 import { requeueOrphans } from '../src/db/reconcile.js';
 import { cancelChannel, COMPRESSION_QUEUE, createCompressionQueue, type JobProgress } from '../src/queue/index.js';
 import { ArtifactStore } from '../src/store/artifacts.js';
@@ -350,6 +351,19 @@ describe('GET /v1/jobs/:id/events (SSE)', () => {
     assert.equal(blocks.length, 1);
     assert.match(blocks[0] ?? '', /^id: 1\nevent: status\ndata: .*"status":"failed"/);
     assertProblem(await t.http().get(`/v1/jobs/${id}/events`).set(t.authB), 404, /does not exist/);
+  });
+});
+
+describe('shutdown', () => {
+  test('close() ends open event streams instead of waiting for their jobs', { timeout: 30_000 }, async () => {
+    const id = await createJob({ modelId: modelA });
+    const app = await buildApp(t.env.config, { prisma: t.env.prisma, analyzeModels: false });
+    const address = await app.listen({ port: 0, host: '127.0.0.1' });
+    const response = await fetch(`${address}/v1/jobs/${id}/events`, { headers: t.authA });
+    const events = readEvents(response);
+    assert.equal((await events.next()).value?.event, 'status');
+    await app.close();
+    assert.equal((await events.next()).done, true, 'the stream ended');
   });
 });
 

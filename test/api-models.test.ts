@@ -122,6 +122,12 @@ describe('upload size limit', () => {
     assert.deepEqual(await storedFiles(small.env.config.storageDir), []);
     assert.equal(await small.env.prisma.onnxModel.count(), 0);
   });
+
+  test('a declared Content-Length far past the limit is refused up front', async () => {
+    const res = await small.http().post('/v1/models').set(small.authA).attach('file', Buffer.alloc(300 * 1024, 7), 'big.onnx');
+    assertProblem(res, 413, /1000 bytes/);
+    assert.deepEqual(await storedFiles(small.env.config.storageDir), []);
+  });
 });
 
 describe('GET /v1/models', () => {

@@ -154,3 +154,42 @@ describe('rate limits', () => {
     assert.equal((await limited.http().get('/healthz')).status, 200, 'health checks are not limited');
   });
 });
+
+describe('operator views', () => {
+  const adminKey = 'admin-key-for-tests-0123456789';
+  let ops: TestApp;
+  before(async () => {
+    ops = await startTestApp({ ADMIN_KEY: adminKey });
+  });
+  after(async () => ops?.close());
+
+  test('/admin/queues needs the admin key (Basic or x-admin-key) and then serves bull-board', async () => {
+    const anonymous = await ops.http().get('/admin/queues');
+    assertProblem(anonymous, 401, /admin key/);
+    assert.match(anonymous.headers['www-authenticate'] ?? '', /^Basic/);
+    assert.equal((await ops.http().get('/admin/queues').auth('ops', 'wrong-key')).status, 401);
+    assert.equal((await ops.http().get('/admin/queues').set(ops.authA)).status, 401, 'a tenant key is not the admin key');
+    const page = await ops.http().get('/admin/queues').auth('ops', adminKey);
+    assert.equal(page.status, 200);
+    assert.match(page.text, /<html/i);
+    const queues = await ops.http().get('/admin/queues/api/queues').set('x-admin-key', adminKey);
+    assert.equal(queues.status, 200);
+    assert.ok((queues.body.queues as Array<{ name: string }>).some((q) => q.name === 'compression'));
+  });
+
+  test('without ADMIN_KEY there is no dashboard', async () => {
+    assert.equal((await t.http().get('/admin/queues')).status, 404);
+  });
+
+  test('GET /v1/stats reports the caller tenant only; /metrics has the job and HTTP series', async () => {
+    const tenantA = await ops.env.prisma.tenant.findUniqueOrThrow({ where: { name: 'acme' } });
+    const stats = await ops.http().get('/v1/stats').set(ops.authA);
+    assert.equal(stats.status, 200, JSON.stringify(stats.body));
+    assert.equal(stats.body.tenantId, tenantA.id);
+    assert.equal(stats.body.throughputPerHour.length, stats.body.windowHours);
+    assertProblem(await ops.http().get('/v1/stats'), 401, /Authorization/);
+    const metrics = await ops.http().get('/metrics');
+    assert.match(metrics.text, /^jobs_created_total /m);
+    assert.match(metrics.text, /^http_request_duration_seconds_count\{.*route="\/v1\/stats".*\} \d+/m);
+  });
+});

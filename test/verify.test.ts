@@ -55,6 +55,7 @@ describe('verifyAndMeasure', () => {
         assert.ok(s.minMs > 0 && s.minMs <= s.medianMs && s.medianMs <= s.p90Ms);
       }
       assert.ok(l.speedup > 0 && Number.isFinite(l.speedup));
+      assert.ok(l.original.cpuMedianMs !== null && l.original.cpuMedianMs >= 0);
     }
     assert.equal(r.runtime.intraOpNumThreads, 1);
     assert.equal(r.runtime.interOpNumThreads, 1);
@@ -160,9 +161,12 @@ describe('timing helpers', () => {
     const b = await ort.InferenceSession.create(path('tiny_lowrank.onnx'), opts);
     const feeds = { x: new ort.Tensor('float32', new Float32Array(3 * 16 * 16).fill(0.5), [1, 3, 16, 16]) };
     const t = await timeInterleaved(a, b, feeds, 21, 1);
-    assert.equal(t.a.length, 21);
-    assert.equal(t.b.length, 21);
-    assert.ok([...t.a, ...t.b].every((v) => v > 0 && Number.isFinite(v)));
+    for (const s of [t.a, t.b]) {
+      assert.equal(s.wallMs.length, 21);
+      assert.equal(s.cpuMs.length, 21);
+      assert.ok(s.wallMs.every((v) => v > 0 && Number.isFinite(v)));
+      assert.ok(s.cpuMs.every((v) => v >= 0 && Number.isFinite(v)));
+    }
     await a.release();
     await b.release();
   });
@@ -173,6 +177,7 @@ describe('timing helpers', () => {
     const ten = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
     assert.equal(percentile(ten, 90), 9);
     assert.equal(percentile(ten, 100), 10);
-    assert.deepEqual(latencyStats([3, 1, 2, 4]), { runs: 4, medianMs: 2.5, p90Ms: 4, meanMs: 2.5, minMs: 1 });
+    assert.deepEqual(latencyStats([3, 1, 2, 4]), { runs: 4, medianMs: 2.5, p90Ms: 4, meanMs: 2.5, minMs: 1, cpuMedianMs: null });
+    assert.equal(latencyStats([3, 1, 2], [2, 0.5, 1]).cpuMedianMs, 1);
   });
 });

@@ -117,3 +117,28 @@ def tiny_cnn(rng, dtype=np.float32, channels: int = 16, classes: int = 10, size:
     initializers = [numpy_helper.from_array(v, k) for k, v in tensors.items()]
     return make_model(nodes, [value("input", ["N", 1, size, size], dtype)], [value("output", ["N", classes], dtype)],
                       initializers)
+
+
+def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph computing in float64: float32 initializers, Constant values and declared types widened.
+
+    Lets the zoo's float32 exports be checked for exactness at float64 precision (atol 1e-10).
+    """
+    wide = onnx.ModelProto()
+    wide.CopyFrom(model)
+    graph = wide.graph
+    for index, tensor in enumerate(graph.initializer):
+        if tensor.data_type == TensorProto.FLOAT:
+            graph.initializer[index].CopyFrom(numpy_helper.from_array(
+                numpy_helper.to_array(tensor).astype(np.float64), tensor.name))
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == TensorProto.FLOAT:
+                attribute.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attribute.t).astype(np.float64),
+                                                             attribute.t.name))
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT:
+                attribute.i = TensorProto.DOUBLE
+    for info in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if info.type.tensor_type.elem_type == TensorProto.FLOAT:
+            info.type.tensor_type.elem_type = TensorProto.DOUBLE
+    return wide

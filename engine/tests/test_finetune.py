@@ -234,25 +234,34 @@ def test_checkpoint_of_other_options_is_ignored(tmp_path, teacher, student, imag
     assert not any("resumed" in m for m in messages)
 
 
-def _engine(args, **kwargs):
+def _engine(module: str, args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ENGINE_DIR), PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "tuckerize.finetune", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+    return subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
 
 
-def test_sigkill_after_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path, teacher, student, images):
+@pytest.mark.parametrize("entry", ["finetune-stage", "run-pipeline"])
+def test_sigkill_after_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path, teacher, student, images, entry):
+    """`python3 -m tuckerize.finetune` (the stage alone) and `python3 -m tuckerize run` (the whole engine)."""
     dataset = write_npz(tmp_path / "labelled.npz", images, teacher_labels(teacher, images))
     onnx.save(teacher, str(tmp_path / "teacher.onnx"))
     onnx.save(student, str(tmp_path / "student.onnx"))
     finetune = {"epochs": 12, "batchSize": 16, "lr": 0.05, "checkpointEvery": 5}  # 12 x 27 = 324 steps
 
     def run_job(name: str, kill_after_checkpoint: bool):
+        job = job_for(tmp_path, dataset, finetune, seed=11, work=f"work-{name}")
+        job["model"], job["outputDir"] = str(tmp_path / "teacher.onnx"), str(tmp_path / f"out-{name}")
+        os.makedirs(job["outputDir"])
         job_path = tmp_path / f"{name}.json"
-        job_path.write_text(json.dumps(job_for(tmp_path, dataset, finetune, seed=11, work=f"work-{name}")))
-        out = tmp_path / f"{name}.onnx"
-        args = [str(job_path), str(tmp_path / "teacher.onnx"), str(tmp_path / "student.onnx"), str(out)]
+        job_path.write_text(json.dumps(job))
+        if entry == "finetune-stage":
+            out = tmp_path / f"{name}.onnx"
+            module, args = "tuckerize.finetune", [str(job_path), job["model"], str(tmp_path / "student.onnx"), str(out)]
+        else:
+            out = Path(job["outputDir"]) / "compressed.onnx"
+            module, args = "tuckerize", ["run", str(job_path)]
         if kill_after_checkpoint:
-            process = _engine(args)
+            process = _engine(module, args)
             for line in process.stdout:
                 if "checkpoint saved" in line:
                     process.send_signal(signal.SIGKILL)
@@ -260,7 +269,7 @@ def test_sigkill_after_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path,
             process.wait(timeout=120)
             assert process.returncode == -signal.SIGKILL
             assert not out.exists()
-        process = _engine(args)
+        process = _engine(module, args)
         stdout, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr
         return out, [json.loads(line) for line in stdout.splitlines()]
@@ -270,8 +279,8 @@ def test_sigkill_after_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path,
     assert len(resumed) == 1
     resumed_step = int(resumed[0].split("step ")[1].split(" ")[0])
     assert 0 < resumed_step < 324
-    first_progress = next(e for e in events if e["event"] == "progress" and e["done"] > 0)
-    assert first_progress["done"] > resumed_step
+    first_step = next(e for e in events if e["event"] == "progress" and e["stage"] == "finetune" and e["done"] > 0)
+    assert first_step["done"] > resumed_step
 
     uninterrupted, _ = run_job("straight", kill_after_checkpoint=False)
     a = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(interrupted)).graph.initializer}
@@ -279,4 +288,6 @@ def test_sigkill_after_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path,
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    assert not np.array_equal(a["w2"], numpy_helper.to_array(next(t for t in student.graph.initializer if t.name == "w2")))
+    if entry == "finetune-stage":
+        initial = numpy_helper.to_array(next(t for t in student.graph.initializer if t.name == "w2"))
+        assert not np.array_equal(a["w2"], initial)

@@ -77,6 +77,14 @@ def test_weakened_rank_endpoints_and_rounding_up():
     assert weakened_rank(10, 10, 0.3) == 10
 
 
+def test_numpy_integers_and_floats_are_accepted():
+    import numpy as np
+
+    assert weakened_rank(np.int64(64), np.int32(20), np.float32(0.5)) == 42
+    assert round_rank(np.int64(9), np.int64(8), np.int64(64)) == 16
+    assert isinstance(round_rank(np.int64(9), 8, 64), int)
+
+
 def test_weakened_rank_is_monotone_in_strength():
     ranks = [weakened_rank(512, 37, w / 100) for w in range(1, 101)]
     assert all(a >= b for a, b in zip(ranks, ranks[1:]))
@@ -118,6 +126,10 @@ def test_round_rank_rejects_bad_values():
         round_rank(5, 0, 10)
     with pytest.raises(EngineInputError, match="1 <= r <= 10"):
         round_rank(11, 4, 10)
+    with pytest.raises(EngineInputError, match="roundTo"):
+        round_rank(5, 8.0, 10)
+    with pytest.raises(EngineInputError, match="roundTo"):
+        round_rank(5, True, 10)
 
 
 # --- the family ----------------------------------------------------------------------------------

@@ -116,14 +116,12 @@ def test_bad_jobs_exit_2_with_one_line(tmp_path, cnn_path, mutate, match):
 
 
 def test_sigterm_stops_the_job_promptly(tmp_path, zoo_path):
-    """A SIGTERM during the rewrite ends the engine with 143 and leaves no partial artifacts."""
+    """A SIGTERM while the job runs ends the engine with 143 and leaves no partial artifacts."""
     job = _write_job(tmp_path, zoo_path("resnet18", 13, 64), options={"rule": "ratio", "ratio": 0.5})
     proc = _start(job)
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event.get("stage") == "rewrite" and event["done"] >= 1:
-            proc.send_signal(signal.SIGTERM)
-            break
+    # The first progress line: the handler is installed and seconds of work (21 layers) lie ahead.
+    json.loads(proc.stdout.readline())
+    proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "SIGTERM" in err
@@ -144,3 +142,25 @@ def test_run_on_an_exported_mobilenet_v2(tmp_path, zoo_path, run_ort):
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
     (out,) = run_ort(tmp_path / "out" / "compressed.onnx", {"input": x})
     assert out.shape == (1, 1000) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("finetune", [None, {"steps": 3, "maxSamples": 128, "batchSize": 32}],
+                         ids=["evaluate-only", "finetune"])
+def test_dataset_jobs_report_accuracy(tmp_path, finetune):
+    """The run pipeline hands dataset jobs to finetune.py and files its sections in the report."""
+    model = tmp_path / "cnn28.onnx"
+    onnx.save(tiny_cnn(np.random.default_rng(5), size=28), model)  # 1×28×28 in, 10 classes out: Fashion-MNIST
+    options = {"rule": "ratio", "ratio": 0.5, **({"finetune": finetune} if finetune else {})}
+    code, events, err = _run(_write_job(tmp_path, model, dataset="builtin:fashion-mnist", options=options))
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    expected_stages = STAGE_ORDER[:3] + (["finetune"] if finetune else []) + STAGE_ORDER[3:]
+    assert list(report["timings"]) == expected_stages
+    accuracy = report["accuracy"]
+    assert accuracy["labels"] is True and accuracy["samples"] > 0
+    assert 0 <= accuracy["original"]["top1"] <= 1 and 0 <= accuracy["compressed"]["agreement"] <= 1
+    if finetune:
+        assert report["finetune"]["steps"] == 3 and accuracy["finetuned"] is not None
+    else:
+        assert report["finetune"] is None and accuracy["finetuned"] is None
+    assert events[-1]["summary"]["accuracy"] == accuracy

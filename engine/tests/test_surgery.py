@@ -9,7 +9,8 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
-from onnx_builders import conv_model, gemm_model, low_rank_kernel, make_model, matmul_model, tiny_cnn, value
+from onnx_builders import (conv_model, gemm_model, low_rank_kernel, make_model, matmul_model, tiny_cnn,
+                           to_float64, value)
 from tuckerize.errors import EngineInputError
 from tuckerize.interpret import OnnxModule
 from tuckerize.onnx_graph import find_layers, load_model
@@ -256,7 +257,9 @@ def test_zoo_full_rank_exact_and_ratio_half_smaller(name, opset, zoo_path, run_o
     x = np.random.default_rng(opset).standard_normal((1, 3, ZOO_SIZES[name], ZOO_SIZES[name])).astype(np.float32)
     (expected,) = run_ort(path, {"input": x})
     (actual,) = run_ort(exact_path, {"input": x})
-    assert _relative(actual, expected) < 1e-4
+    # Factors of float32 weights are computed in float32 (tucker.py): each rewritten layer adds ~1e-5
+    # relative error; float64 exactness of whole zoo nets is the next test. Wiring faults give O(1).
+    assert _relative(actual, expected) < 1e-3
 
     half = make_plan(model, rule="ratio", ratio=0.5)
     assert half.totals["params"]["after"] < half.totals["params"]["before"]
@@ -270,3 +273,16 @@ def test_zoo_full_rank_exact_and_ratio_half_smaller(name, opset, zoo_path, run_o
     onnx.save(smaller, smaller_path)
     (approx,) = run_ort(smaller_path, {"input": x})
     assert approx.shape == expected.shape and np.isfinite(approx).all()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "googlenet"])
+def test_zoo_full_rank_rewrite_of_every_layer_is_exact_in_float64(name, zoo_path):
+    model = to_float64(load_model(zoo_path(name, 13, 64)))
+    plan = _full_rank(model)
+    assert len(plan.rewritten()) == sum(layer.eligible for layer in find_layers(model))
+    exact = apply_plan(model, plan, hooi_iters=0)
+    onnx.checker.check_model(exact, full_check=True)
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64))
+    before, after = _run(model, x).numpy(), _run(exact, x).numpy()
+    assert np.abs(before).max() > 1e-3, "outputs must not vanish, or the comparison proves nothing"
+    np.testing.assert_allclose(after, before, rtol=0, atol=1e-10 * max(1.0, np.abs(before).max()))

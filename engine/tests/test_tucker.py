@@ -169,6 +169,8 @@ def test_zero_kernel_has_zero_error():
     (lambda W: tucker2(W, 8, 2), r"1 <= r_out <= 7, got 8"),
     (lambda W: tucker2(W, 3, 6), r"1 <= r_in <= 5, got 6"),
     (lambda W: tucker2(W, 2.5, 2), r"r_out must be an integer"),
+    (lambda W: tucker2(W, "3", 2), r"r_out must be an integer"),
+    (lambda W: tucker1(W, True), r"r_out must be an integer"),
     (lambda W: tucker2(W, 2, 2, n_iter=-1), r"n_iter"),
     (lambda W: tucker1(W, 9), r"1 <= r_out <= 7, got 9"),
     (lambda W: svd_factors(W.reshape(7, -1), 8), r"1 <= r <= 7, got 8"),

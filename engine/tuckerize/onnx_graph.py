@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import onnx
-from onnx import TensorProto, helper, numpy_helper, shape_inference
+from onnx import TensorProto, helper, shape_inference
 
 from .errors import EngineInputError
 

@@ -16,6 +16,7 @@ the ranks) the whole graph's cost is non-increasing in t and bisection finds the
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,18 +30,25 @@ _BISECTION_STEPS = 60
 _T_MAX = 2.0
 
 
+def _is_integer(value) -> bool:
+    """Python and numpy integers (not bools): ranks often come straight from tensor shapes."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def weakened_rank(r_full: int, r_evbmf: int, strength: float) -> int:
     """MUSCO's weakened EVBMF rank ⌈r_full − w·(r_full − r_evbmf)⌉, w = strength ∈ (0, 1].
 
     w = 1 gives the EVBMF rank, w → 0 the full rank; rounding up keeps at least the fraction of the
     rank gap the user asked to keep.
     """
-    if not isinstance(r_full, int) or r_full < 1:
+    if not _is_integer(r_full) or r_full < 1:
         raise EngineInputError(f"weakened_rank: r_full must be an integer >= 1, got {r_full!r}")
-    if not isinstance(r_evbmf, int) or not 0 <= r_evbmf <= r_full:
-        raise EngineInputError(f"weakened_rank: r_evbmf must be an integer with 0 <= r_evbmf <= {r_full}, got {r_evbmf!r}")
-    if not (isinstance(strength, (int, float)) and 0.0 < strength <= 1.0):
+    if not _is_integer(r_evbmf) or not 0 <= r_evbmf <= r_full:
+        raise EngineInputError(
+            f"weakened_rank: r_evbmf must be an integer with 0 <= r_evbmf <= {r_full}, got {r_evbmf!r}")
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0.0 < strength <= 1.0:
         raise EngineInputError(f"strength must satisfy 0 < strength <= 1, got {strength!r}")
+    r_full, r_evbmf = int(r_full), int(r_evbmf)
     exact = r_full - strength * (r_full - r_evbmf)
     # 1e-9 absorbs rounding in w·gap so that e.g. w = 0.5 on a gap of 6 gives exactly r_full − 3.
     return min(r_full, max(r_evbmf, math.ceil(exact - 1e-9)))
@@ -52,12 +60,13 @@ def round_rank(r: int, multiple: int, r_max: int) -> int:
     Rounding up never compresses more than the rule asked for; when that would exceed r_max the largest
     multiple not above r_max is used, and when r_max < multiple the rank is r_max.
     """
-    if not isinstance(multiple, int) or multiple < 1:
+    if not _is_integer(multiple) or multiple < 1:
         raise EngineInputError(f"roundTo must be an integer >= 1, got {multiple!r}")
-    if not isinstance(r_max, int) or r_max < 1:
+    if not _is_integer(r_max) or r_max < 1:
         raise EngineInputError(f"round_rank: r_max must be an integer >= 1, got {r_max!r}")
-    if not isinstance(r, int) or not 1 <= r <= r_max:
+    if not _is_integer(r) or not 1 <= r <= r_max:
         raise EngineInputError(f"round_rank: r must be an integer with 1 <= r <= {r_max}, got {r!r}")
+    r, multiple, r_max = int(r), int(multiple), int(r_max)
     if r_max < multiple:
         return r_max
     up = -(-r // multiple) * multiple
@@ -87,7 +96,7 @@ class RankCandidate:
                 f"layer {self.name}: full_ranks {self.full_ranks} and evbmf_ranks {self.evbmf_ranks} "
                 "must be non-empty and of the same length")
         for full, evb in zip(self.full_ranks, self.evbmf_ranks):
-            if not (isinstance(full, int) and isinstance(evb, int) and full >= 1 and 0 <= evb <= full):
+            if not (_is_integer(full) and _is_integer(evb) and full >= 1 and 0 <= evb <= full):
                 raise EngineInputError(
                     f"layer {self.name}: ranks need 0 <= evbmf <= full and full >= 1, got full "
                     f"{self.full_ranks}, evbmf {self.evbmf_ranks}")
@@ -125,7 +134,7 @@ def family_ranks(layer: RankCandidate, t: float, round_to: int | None = None) ->
 
 
 def _check_round_to(round_to: int | None) -> None:
-    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+    if round_to is not None and (not _is_integer(round_to) or round_to < 1):
         raise EngineInputError(f"roundTo must be an integer >= 1 (or absent), got {round_to!r}")
 
 
@@ -155,9 +164,11 @@ def solve_budget(layers: list[RankCandidate], target_ratio: float, kind: str = "
 
     untouched: (params, macs) of everything that is not a candidate (kept layers, other ops).
     Bisection over the single family parameter t (module docstring) to the step nearest the target;
-    when that is not within tol (one layer's rank step jumps over the band) single layers are stepped
-    up from the side below the target until the ratio is within tol. Raises EngineInputError when the target lies outside the
-    reachable range (stated) or cannot be hit within tol at these layers' rank granularity.
+    when that is not within tol (one layer's rank step jumps over the band), single layers are stepped
+    up from the side below the target until the ratio is within tol. A layer is rewritten only where
+    its rewrite shrinks both params and MACs (or it may not be kept). Raises EngineInputError when
+    the target lies outside the reachable range (stated) or cannot be hit within tol at these
+    layers' rank granularity.
     """
     if kind not in _KINDS:
         raise EngineInputError(f"budget kind must be one of {_KINDS}, got {kind!r}")
@@ -167,7 +178,8 @@ def solve_budget(layers: list[RankCandidate], target_ratio: float, kind: str = "
     if not 0.0 < tol < 1.0:
         raise EngineInputError(f"tol must satisfy 0 < tol < 1, got {tol}")
     if not layers:
-        raise EngineInputError("budget: the model has no decomposable layers (Conv/Gemm/MatMul with weight initializers)")
+        raise EngineInputError(
+            "budget: the model has no decomposable layers (Conv/Gemm/MatMul with weight initializers)")
     names = [layer.name for layer in layers]
     if len(set(names)) != len(names):
         raise EngineInputError(f"budget: layer names must be unique, got {names}")

@@ -204,16 +204,13 @@ def _pipeline(job: dict, stages: _Stages) -> None:
         stages.progress("rewrite", len(plan.rewritten()), len(plan.rewritten()), "resumed from the checkpoint")
         stages.timings["plan"] = stages.timings["rewrite"] = 0.0
     else:
-        plan_timings: dict[str, float] = {}
         with stages.stage("plan", len(layers)):
             plan = make_plan(
                 original, input_shape, rule=options.get("rule", "vbmf"), ratio=options.get("ratio"),
                 force=bool(options.get("force", False)), strength=options.get("strength"),
                 round_to=options.get("roundTo"), target_macs=options.get("targetMacs"),
                 target_params=options.get("targetParams"), shapes=shapes, layers=layers,
-                timings=plan_timings,
                 progress=lambda done, total, name: stages.progress("plan", done, total, name))
-        profile.update({f"plan.{k}": round(v, 4) for k, v in plan_timings.items()})
         rewritten = plan.rewritten()
         with stages.stage("rewrite", len(rewritten)):
             result = rewrite(original, plan,

@@ -11,6 +11,7 @@ at a 512×512×3×3 layer agrees with float64's to 8 digits (full rank: 2e-6 ins
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -92,8 +93,13 @@ def _check_kernel(W: torch.Tensor, fn: str) -> None:
         raise EngineInputError(f"{fn}: kernel of shape {tuple(W.shape)} has NaN/Inf entries; fix the weights")
 
 
+def _is_integer(value) -> bool:
+    """Python and numpy integers (not bools): ranks often come straight from tensor shapes."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_rank(fn: str, what: str, r: int, dim: int) -> int:
-    if isinstance(r, bool) or int(r) != r:
+    if not _is_integer(r):
         raise EngineInputError(f"{fn}: {what} must be an integer with 1 <= {what} <= {dim}, got {r!r}")
     r = int(r)
     if not 1 <= r <= dim:
@@ -113,7 +119,7 @@ def _leading_left_vectors(A: torch.Tensor, r: int) -> torch.Tensor:
     unfoldings. Subspace error is about ε·γ₁²/gap (~1e-14 for well-separated ranks in float64); at full
     rank the factor is a full orthogonal matrix and the rewrite stays exact.
     """
-    eigvals, eigvecs = torch.linalg.eigh(A @ A.T)                           # ascending
+    _, eigvecs = torch.linalg.eigh(A @ A.T)                                 # ascending eigenvalues
     return eigvecs.flip(1)[:, :r]
 
 
@@ -127,7 +133,7 @@ def tucker2(W: torch.Tensor, r_out: int, r_in: int, n_iter: int = 2) -> Tucker2:
     T, S, kh, kw = W.shape
     r_out = _check_rank("tucker2", "r_out", r_out, T)
     r_in = _check_rank("tucker2", "r_in", r_in, S)
-    if isinstance(n_iter, bool) or int(n_iter) != n_iter or n_iter < 0:
+    if not _is_integer(n_iter) or n_iter < 0:
         raise EngineInputError(f"tucker2: n_iter must be an integer >= 0, got {n_iter!r}")
     X = W.detach().to(_work_dtype(W))
     U_out = _leading_left_vectors(unfold(X, 0), r_out)                      # (T, r_out)

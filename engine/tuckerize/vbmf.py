@@ -218,6 +218,9 @@ def evbmf_spectrum(singular_values, L: int, M: int, residual: float = 0.0, sigma
     return result(min(max(s2 * upper, lower), upper))
 
 
+_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)
+
+
 def _as_matrix(Y, name: str) -> torch.Tensor:
     """Y as a CPU tensor: float32 stays float32 (only the large-matrix sketch uses it), else float64."""
     if isinstance(Y, torch.Tensor):
@@ -250,9 +253,6 @@ def _refuse_non_finite(t: torch.Tensor, name: str) -> None:
     raise EngineInputError(
         f"{name}: entries up to {float(t.abs().max()):.3g} overflow the sum of squares in float64; "
         "rescale the weights")
-
-
-_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)
 
 
 def _squared_norm(t: torch.Tensor) -> float:

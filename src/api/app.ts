@@ -16,9 +16,9 @@ import {
   type ZodTypeProvider,
 } from 'fastify-type-provider-zod';
 import { Redis } from 'ioredis';
-import { collectDefaultMetrics, Registry } from 'prom-client';
 import type { Config } from '../config.js';
 import { createPrisma, type PrismaClient } from '../db/client.js';
+import { createServiceMetrics, instrumentHttp, type ServiceMetrics } from '../ops/metrics.js';
 import { createCompressionQueue, type CompressionJobData } from '../queue/index.js';
 import { ArtifactStore } from '../store/artifacts.js';
 import { authenticate, keyPrefixOf } from './auth.js';
@@ -29,7 +29,9 @@ import { ModelAnalyzer } from './model-analysis.js';
 import { datasetRoutes } from './routes/datasets.js';
 import { jobRoutes } from './routes/jobs.js';
 import { modelRoutes } from './routes/models.js';
+import { registerAdmin } from './routes/admin.js';
 import { opsRoutes } from './routes/ops.js';
+import { statsRoutes } from './routes/stats.js';
 
 export const API_VERSION = '1.0.0';
 
@@ -39,7 +41,7 @@ export interface AppDeps {
   redis?: Redis;
   queue?: Queue<CompressionJobData>;
   store?: ArtifactStore;
-  metrics?: Registry;
+  metrics?: ServiceMetrics;
   /** run the engine's `analyze --json` after each model upload to fill params/MACs (default true) */
   analyzeModels?: boolean;
 }
@@ -99,8 +101,14 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   }
   const events = new JobEventHub(config.redisUrl, config.queuePrefix);
   const analyzer = deps.analyzeModels === false ? null : new ModelAnalyzer(config, prisma, app.log);
-  const metrics = deps.metrics ?? new Registry();
-  if (!deps.metrics) collectDefaultMetrics({ register: metrics });
+  const metrics =
+    deps.metrics ??
+    createServiceMetrics({
+      prisma,
+      queue,
+      processMetrics: true,
+      onCollectError: (source, err) => app.log.warn({ source, err: (err as Error).message }, 'metrics collection failed'),
+    });
   const ctx: AppContext = {
     config,
     prisma,
@@ -111,6 +119,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     analyzer,
   };
 
+  instrumentHttp(app, metrics);
   app.addHook('onSend', async (request, reply) => {
     reply.header('x-request-id', request.id);
   });
@@ -184,7 +193,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: false });
 
   app.decorateRequest('principal', null);
-  await app.register(opsRoutes, { ctx, metrics });
+  await app.register(opsRoutes, { ctx, metrics: metrics.registry });
+  if (config.adminKey) await registerAdmin(app, ctx, config.adminKey);
   await app.register(async (v1) => {
     v1.addHook('onRequest', async (request) => {
       request.principal = await authenticate(prisma, request.headers.authorization);
@@ -192,6 +202,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     await v1.register(modelRoutes, { ctx });
     await v1.register(datasetRoutes, { ctx });
     await v1.register(jobRoutes, { ctx });
+    await v1.register(statsRoutes, { ctx });
   });
 
   await app.ready();

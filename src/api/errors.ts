@@ -111,7 +111,8 @@ function isDatabaseUnavailable(error: unknown): boolean {
 
 function isRedisUnavailable(error: unknown): boolean {
   const message = (error as { message?: unknown }).message;
-  return typeof message === 'string' && /Connection is closed|Stream isn't writeable|max retries per request|ECONNREFUSED.*6379|Redis/i.test(message);
+  // ioredis' messages when a command cannot be sent or was abandoned while reconnecting
+  return typeof message === 'string' && /Connection is closed|Stream isn't writeable|max retries per request limit/i.test(message);
 }
 
 /** Translates any thrown error into an ApiError, or undefined for a genuine internal error. */
@@ -124,7 +125,8 @@ export function toApiError(error: unknown): ApiError | undefined {
       return { pointer: path ? `${where}/${path}` : where, detail: issue.message ?? 'invalid value' };
     });
     const summary = errors.map((e) => `${e.pointer}: ${e.detail}`).join('; ');
-    return new BadRequestError(`the ${where} is invalid: ${summary}`, errors);
+    const label = { body: 'request body', querystring: 'query string', params: 'path', headers: 'headers' }[where] ?? where;
+    return new BadRequestError(`invalid ${label}: ${summary}`, errors);
   }
   if (error instanceof InputRejected) {
     return new ApiError(422, error.code, 'Unprocessable content', error.detail);

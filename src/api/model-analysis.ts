@@ -1,7 +1,7 @@
 // Best-effort params/MACs for an uploaded model, from the engine (`python3 -m tuckerize analyze FILE --json`).
 // It runs after the upload has been answered (the engine imports torch and may take a while on a large
 // model) and fills OnnxModel.params/macs when it succeeds; failures are logged and leave them null.
-// Running analyses are tracked so the app's close() kills their process groups and waits for them.
+// Analyses run one at a time and are tracked, so the app's close() kills their process groups and waits for them.
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { FastifyBaseLogger } from 'fastify';
 import type { Config } from '../config.js';
@@ -31,6 +31,8 @@ export class ModelAnalyzer {
   private readonly running = new Set<ChildProcess>();
   private readonly pending = new Set<Promise<void>>();
   private closed = false;
+  /** analyses run one at a time: each imports torch and may hold a large model in memory */
+  private tail: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly config: Pick<Config, 'enginePython' | 'engineDir' | 'engineThreads'>,
@@ -42,7 +44,9 @@ export class ModelAnalyzer {
   /** Starts the analysis in the background; the returned promise is for tests and never rejects. */
   schedule(modelId: string, filePath: string): Promise<void> {
     if (this.closed) return Promise.resolve();
-    const task = this.analyze(filePath)
+    const run = this.tail.then(() => (this.closed ? Promise.reject(new Error('analyzer closed')) : this.analyze(filePath)));
+    this.tail = run.catch(() => undefined);
+    const task = run
       .then(async (totals) => {
         await this.prisma.onnxModel.update({
           where: { id: modelId },

@@ -94,8 +94,8 @@ export interface BenchResults {
   settings: Pick<BenchSettings, 'threads' | 'batch' | 'runs' | 'warmup' | 'seed'>;
   cases: CaseResult[];
   rules: { model: string; inputSize: number; results: CaseResult[] } | null;
-  experiments: { model: string; inputSize: number; targetMacsReduction: number; results: ExperimentResult[] } | null;
-  profile: { model: string; inputSize: number; profile: LayerProfile | null; error: string | null } | null;
+  experiments: { on: BenchCase | null; note: string | null; results: ExperimentResult[] } | null;
+  profile: { on: BenchCase | null; note: string | null; profile: LayerProfile | null; error: string | null } | null;
 }
 
 export function cpuModel(): string {
@@ -200,16 +200,23 @@ async function runCase(settings: BenchSettings, c: BenchCase): Promise<CaseResul
   }
 }
 
+/** A budget case of the plan, by network, input size and MACs reduction. */
+export interface CaseRef {
+  model: string;
+  inputSize: number;
+  targetMacsReduction: number;
+}
+
 export interface BenchPlan {
   mode: 'full' | 'quick';
   command: string;
   cases: BenchCase[];
   /** one model compressed with each rule in the same run */
-  rules: { model: string; inputSize: number; targetMacsReduction: number } | null;
-  /** session-option variants measured on the budget case of this model and reduction */
-  experiments: { model: string; inputSize: number; targetMacsReduction: number; variants: SessionExperiment[] } | null;
-  /** per-layer profile of one case */
-  profile: { model: string; inputSize: number; targetMacsReduction: number } | null;
+  rules: CaseRef | null;
+  /** session-option variants, measured on the first of these cases that compressed */
+  experiments: { on: CaseRef[]; variants: SessionExperiment[] } | null;
+  /** per-layer profile of the first of these cases that compressed */
+  profile: { on: CaseRef[] } | null;
 }
 
 export async function runBenchmarks(settings: BenchSettings, plan: BenchPlan): Promise<BenchResults> {
@@ -217,33 +224,41 @@ export async function runBenchmarks(settings: BenchSettings, plan: BenchPlan): P
   const loadAverageStart = os.loadavg();
   const cases: CaseResult[] = [];
   for (const c of plan.cases) cases.push(await runCase(settings, c));
-  const findBudget = (model: string, inputSize: number, reduction: number) => cases.find(
-    (r) => r.benchCase.model === model && r.benchCase.inputSize === inputSize && r.benchCase.rule === 'budget'
-      && r.benchCase.targetMacsReduction === reduction,
+  const findBudget = (ref: CaseRef) => cases.find(
+    (r) => r.benchCase.model === ref.model && r.benchCase.inputSize === ref.inputSize && r.benchCase.rule === 'budget'
+      && r.benchCase.targetMacsReduction === ref.targetMacsReduction,
   );
+  /** The first preferred case that compressed, and a note naming the preferred ones that did not. */
+  const pick = (refs: CaseRef[]): { base: CaseResult | null; note: string | null } => {
+    const failed: string[] = [];
+    for (const ref of refs) {
+      const found = findBudget(ref);
+      if (found && found.compression.exitCode === 0) {
+        return { base: found, note: failed.length > 0 ? `${failed.join(', ')} did not compress; measured on ${caseLabel(found.benchCase)} instead` : null };
+      }
+      failed.push(`${ref.model} at ${ref.inputSize}`);
+    }
+    return { base: null, note: `none of ${failed.join(', ')} compressed` };
+  };
 
   let rules: BenchResults['rules'] = null;
   if (plan.rules) {
-    const { model, inputSize, targetMacsReduction } = plan.rules;
+    const ref = plan.rules;
     const results: CaseResult[] = [];
     for (const rule of ['vbmf', 'budget', 'latency'] as const) {
-      const c: BenchCase = { model, inputSize, rule, ...(rule === 'budget' ? { targetMacsReduction } : {}) };
-      results.push((rule === 'budget' && findBudget(model, inputSize, targetMacsReduction)) || await runCase(settings, c));
+      const c: BenchCase = { model: ref.model, inputSize: ref.inputSize, rule, ...(rule === 'budget' ? { targetMacsReduction: ref.targetMacsReduction } : {}) };
+      results.push((rule === 'budget' && findBudget(ref)) || await runCase(settings, c));
     }
-    rules = { model, inputSize, results };
+    rules = { model: ref.model, inputSize: ref.inputSize, results };
   }
 
   let experiments: BenchResults['experiments'] = null;
   if (plan.experiments) {
-    const { model, inputSize, targetMacsReduction, variants } = plan.experiments;
-    const base = findBudget(model, inputSize, targetMacsReduction);
+    const { base, note } = pick(plan.experiments.on);
     const results: ExperimentResult[] = [];
-    for (const experiment of variants) {
+    for (const experiment of plan.experiments.variants) {
+      if (!base) break;
       settings.log(`[bench] session experiment ${experiment.label}`);
-      if (!base || base.compression.exitCode !== 0) {
-        results.push({ experiment, measurement: null, error: `no compressed ${model} to measure` });
-        continue;
-      }
       try {
         const measurement = await verifyAndMeasure({
           originalPath: base.originalPath, compressedPath: base.compression.output,
@@ -255,25 +270,24 @@ export async function runBenchmarks(settings: BenchSettings, plan: BenchPlan): P
         results.push({ experiment, measurement: null, error: (err as Error).message });
       }
     }
-    experiments = { model, inputSize, targetMacsReduction, results };
+    experiments = { on: base?.benchCase ?? null, note, results };
   }
 
   let profile: BenchResults['profile'] = null;
   if (plan.profile) {
-    const { model, inputSize, targetMacsReduction } = plan.profile;
-    const base = findBudget(model, inputSize, targetMacsReduction);
-    settings.log(`[bench] per-layer profile of ${model}`);
-    if (!base || base.compression.exitCode !== 0) {
-      profile = { model, inputSize, profile: null, error: `no compressed ${model} to profile` };
+    const { base, note } = pick(plan.profile.on);
+    if (!base) {
+      profile = { on: null, note, profile: null, error: note };
     } else {
+      settings.log(`[bench] per-layer profile of ${caseLabel(base.benchCase)}`);
       try {
         const p = await profileLayers({
           originalPath: base.originalPath, compressedPath: base.compression.output, planPath: base.compression.plan,
           threads: settings.threads, runs: settings.runs, warmup: settings.warmup, seed: settings.seed,
         });
-        profile = { model, inputSize, profile: p, error: null };
+        profile = { on: base.benchCase, note, profile: p, error: null };
       } catch (err) {
-        profile = { model, inputSize, profile: null, error: (err as Error).message };
+        profile = { on: base.benchCase, note, profile: null, error: (err as Error).message };
       }
     }
   }
@@ -316,27 +330,52 @@ function header(r: BenchResults, title: string): string[] {
   ];
 }
 
-function caseRows(results: CaseResult[], batch: number): string[] {
+const ruleLabel = (c: BenchCase) => (c.rule === 'budget' ? `budget 1/${c.targetMacsReduction}` : c.rule);
+const notMeasured = (r: CaseResult, columns: number) =>
+  `| ${r.benchCase.model} | ${r.benchCase.inputSize} | ${ruleLabel(r.benchCase)} | not measured: ${r.error?.replace(/\|/g, '/').slice(0, 300)} ${'|'.repeat(columns - 3)}`;
+
+/** Size and estimated energy: what the rewrite removed, counted on the ONNX graphs. */
+function sizeRows(results: CaseResult[]): string[] {
   const rows = [
-    `| network | input | rule | MACs before (G) | MACs after (G) | MACs reduction | weights reduction | batch 1: original / compressed (ms) | batch 1 speed-up | speed-up ÷ MACs reduction | batch 1 speed-up, fastest runs | batch ${batch} speed-up | batch ${batch} ÷ MACs reduction | paper: MACs reduction | paper: Galaxy S6 | paper: Titan X | energy reduction (estimate) | output rel. error (random weights) |`,
-    '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    '| network | input | rule | MACs before (G) | MACs after (G) | MACs reduction | weights before (M) | weights after (M) | weights reduction | energy reduction (estimate) | output rel. error (random weights) |',
+    '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+  ];
+  for (const r of results) {
+    const m = r.measurement;
+    if (!m) {
+      rows.push(notMeasured(r, 11));
+      continue;
+    }
+    const t = m.table1;
+    rows.push(`| ${r.benchCase.model} | ${r.benchCase.inputSize} | ${ruleLabel(r.benchCase)} | ${giga(t.macs.before)} | ${giga(t.macs.after)} | `
+      + `${x(t.macs.ratio)} | ${mega(t.weights.before)} | ${mega(t.weights.after)} | ${x(t.weights.ratio)} | `
+      + `${x(t.energyMillijoulesEstimate.ratio)} | ${num(m.fidelity.compressed.maxRelativeError, 3)} |`);
+  }
+  return rows;
+}
+
+/** Measured speed beside the paper's. */
+function speedRows(results: CaseResult[], batch: number): string[] {
+  const rows = [
+    `| network | rule | MACs reduction | batch 1: original / compressed (ms) | batch 1 speed-up | ÷ MACs reduction | batch 1 CPU-time speed-up | ÷ MACs reduction | batch ${batch} speed-up | ÷ MACs reduction | batch ${batch} CPU-time speed-up | paper: MACs reduction | paper: Galaxy S6 | paper: Titan X |`,
+    '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const r of results) {
     const c = r.benchCase;
-    const rule = c.rule === 'budget' ? `budget 1/${c.targetMacsReduction}` : c.rule;
-    if (!r.measurement) {
-      rows.push(`| ${c.model} | ${c.inputSize} | ${rule} | not measured: ${r.error?.replace(/\|/g, '/').slice(0, 300)} ||||||||||||||`);
+    const m = r.measurement;
+    if (!m) {
+      rows.push(notMeasured(r, 14).replace(` | ${c.inputSize} |`, ' |'));
       continue;
     }
-    const m = r.measurement;
     const b1 = speedupAt(m, 1);
-    const bN = speedupAt(m, batch);
+    const bN = batch === 1 ? undefined : speedupAt(m, batch);
     const macs = m.table1.macs.ratio;
-    rows.push(`| ${c.model} | ${c.inputSize} | ${rule} | ${giga(m.table1.macs.before)} | ${giga(m.table1.macs.after)} | ${x(macs)} | `
-      + `${x(m.table1.weights.ratio)} | ${b1 ? `${num(b1.original.medianMs, 1)} / ${num(b1.compressed.medianMs, 1)}` : '—'} | `
-      + `${x(b1?.speedup)} | ${b1 ? num(b1.speedup / macs) : '—'} | ${x(b1 ? b1.original.minMs / b1.compressed.minMs : null)} | ${x(bN?.speedup)} | ${bN ? num(bN.speedup / macs) : '—'} | `
-      + `${x(c.paper?.macsReduction)} | ${x(c.paper?.galaxyS6)} | ${x(c.paper?.titanX)} | `
-      + `${x(m.table1.energyMillijoulesEstimate.ratio)} | ${num(m.fidelity.compressed.maxRelativeError, 3)} |`);
+    const share = (v: number | null | undefined) => (v === null || v === undefined ? '—' : num(v / macs));
+    rows.push(`| ${c.model} | ${ruleLabel(c)} | ${x(macs)} | `
+      + `${b1 ? `${num(b1.original.medianMs, 1)} / ${num(b1.compressed.medianMs, 1)}` : '—'} | `
+      + `${x(b1?.speedup)} | ${share(b1?.speedup)} | ${x(b1?.cpuSpeedup)} | ${share(b1?.cpuSpeedup)} | `
+      + `${x(bN?.speedup)} | ${share(bN?.speedup)} | ${x(bN?.cpuSpeedup)} | `
+      + `${x(c.paper?.macsReduction)} | ${x(c.paper?.galaxyS6)} | ${x(c.paper?.titanX)} |`);
   }
   return rows;
 }
@@ -372,7 +411,8 @@ function goalLines(r: BenchResults): string[] {
     const goal = c.benchCase.model === 'vgg16'
       ? `goal ≥ 4.0× at ≥ 4.93×: ${b1.speedup >= 4 && macs >= 4.93 * 0.98 ? 'met' : 'not met'}`
       : `goal ≥ 0.8 of the MACs reduction: ${share >= 0.8 ? 'met' : 'not met'}`;
-    lines.push(`- ${label}: ${x(b1.speedup)} at ${x(macs)} fewer MACs = ${num(share)} of the MACs reduction; ${goal}.`);
+    const cpu = b1.cpuSpeedup === null ? '' : ` (CPU time: ${x(b1.cpuSpeedup)} = ${num(b1.cpuSpeedup / macs)} of it)`;
+    lines.push(`- ${label}: ${x(b1.speedup)} wall-clock at ${x(macs)} fewer MACs = ${num(share)} of the MACs reduction${cpu}; ${goal} (wall clock).`);
   }
   const rows = r.profile?.profile?.rows ?? [];
   const slow = rows.filter((row) => row.efficiency < 0.5);
@@ -381,7 +421,7 @@ function goalLines(r: BenchResults): string[] {
     const macsAfter = rows.reduce((a, row) => a + row.macs.replacement, 0);
     const timeBefore = rows.reduce((a, row) => a + row.original.medianMs, 0);
     const timeAfter = rows.reduce((a, row) => a + row.replacementTime.medianMs, 0);
-    lines.push('', `Per-layer (${r.profile!.model}): the rewritten layers alone go from ${num(timeBefore, 1)} ms to ${num(timeAfter, 1)} ms `
+    lines.push('', `Per-layer (${caseLabel(r.profile!.on!)}): the rewritten layers alone go from ${num(timeBefore, 1)} ms to ${num(timeAfter, 1)} ms `
       + `(${x(timeBefore / timeAfter)}) for ${x(macsBefore / macsAfter)} fewer MACs; `
       + (slow.length > 0
         ? `${slow.length} of ${rows.length} layers lose more than half of their MACs gain: ${slow.map((row) => row.layer).join(', ')}.`
@@ -404,12 +444,20 @@ export function renderMarkdown(r: BenchResults): string {
     '## Speed-up at the paper\'s MACs reductions',
     '',
     ...header(r, 'Measured'),
-    ...caseRows(r.cases, r.settings.batch),
+    ...speedRows(r.cases, r.settings.batch),
     '',
-    'Speed-up = median latency of the original ÷ median latency of the compressed model (interleaved runs); the "fastest runs" '
-      + 'column divides the minimum latencies, which other processes on a shared machine disturb least. '
-      + 'Energy is an estimate (Horowitz ISSCC 2014, 45 nm: 4.6 pJ per fp32 MAC, 160 pJ per DRAM byte; weights read once, '
-      + 'activations written and read once), not a measurement.',
+    'Speed-up = median wall-clock latency of the original ÷ that of the compressed model, timed interleaved in one process. '
+      + 'CPU-time speed-up = the same ratio of the median CPU time the process spent per run: while other processes hold the cores, '
+      + 'wall time grows with waiting (and more so for longer runs) but CPU time does not, so on a shared machine it is the '
+      + 'steadier measure of the work saved; the two agree on an idle machine with one thread.',
+    '',
+    '## Weights, MACs and energy',
+    '',
+    ...sizeRows(r.cases),
+    '',
+    'MACs and weights are counted from each ONNX graph at the shapes onnxruntime produced (Conv, Gemm and MatMul MACs; '
+      + 'all floating-point initializers as weights). Energy is an estimate (Horowitz ISSCC 2014, 45 nm: 4.6 pJ per fp32 MAC, '
+      + '160 pJ per DRAM byte; weights read once, activations written and read once), not a measurement.',
     '',
     '## Compression time and peak memory',
     '',
@@ -419,24 +467,33 @@ export function renderMarkdown(r: BenchResults): string {
   out.push(...goalLines(r), '');
   if (r.rules) {
     out.push(`## Rules on the same network: ${r.rules.model} at ${r.rules.inputSize}`, '', ...header(r, 'Measured'),
-      ...caseRows(r.rules.results, r.settings.batch), '');
+      ...speedRows(r.rules.results, r.settings.batch), '', ...sizeRows(r.rules.results), '');
   }
   if (r.experiments) {
-    out.push(`## onnxruntime session options: ${r.experiments.model} at ${r.experiments.inputSize}, budget 1/${r.experiments.targetMacsReduction}`, '',
-      `Command \`${r.command}\`; batch 1; ${r.settings.runs} interleaved runs after ${r.settings.warmup} warm-up run(s); CPU ${r.cpu}; ${r.date.slice(0, 10)}.`, '',
-      '| setting | threads | graph optimisation | execution mode | original (ms) | compressed (ms) | speed-up |',
-      '|---|---:|---|---|---:|---:|---:|');
-    for (const e of r.experiments.results) {
-      const l = e.measurement?.latency[0];
-      out.push(`| ${e.experiment.label} | ${e.experiment.threads} | ${e.experiment.graphOptimizationLevel} | ${e.experiment.executionMode} | `
-        + (l ? `${num(l.original.medianMs, 1)} | ${num(l.compressed.medianMs, 1)} | ${x(l.speedup)} |` : `not measured: ${e.error} |||`));
+    const on = r.experiments.on;
+    out.push(`## onnxruntime session options${on ? `: ${caseLabel(on)}` : ''}`, '');
+    if (r.experiments.note) out.push(`${r.experiments.note}.`, '');
+    if (on) {
+      out.push(`Command \`${r.command}\`; batch 1; ${r.settings.runs} interleaved runs after ${r.settings.warmup} warm-up run(s); CPU ${r.cpu}; ${r.date.slice(0, 10)}.`, '',
+        '| setting | threads | graph optimisation | execution mode | original (ms) | compressed (ms) | speed-up | original CPU time (ms) | compressed CPU time (ms) |',
+        '|---|---:|---|---|---:|---:|---:|---:|---:|');
+      for (const e of r.experiments.results) {
+        const l = e.measurement?.latency[0];
+        out.push(`| ${e.experiment.label} | ${e.experiment.threads} | ${e.experiment.graphOptimizationLevel} | ${e.experiment.executionMode} | `
+          + (l
+            ? `${num(l.original.medianMs, 1)} | ${num(l.compressed.medianMs, 1)} | ${x(l.speedup)} | `
+              + `${num(l.original.cpuMedianMs ?? NaN, 1)} | ${num(l.compressed.cpuMedianMs ?? NaN, 1)} |`
+            : `not measured: ${e.error} |||||`));
+      }
+      out.push('');
     }
-    out.push('');
   }
   if (r.profile) {
-    out.push(`## Per-layer profile: ${r.profile.model} at ${r.profile.inputSize}`, '',
-      `Each rewritten layer's original node and its replacement chain as standalone models at the layer's real input shape (batch 1), `
-        + `timed interleaved; ${r.settings.threads} thread(s); CPU ${r.cpu}; ${r.date.slice(0, 10)}. ⚠ marks layers whose time fell by less than half as much as their MACs.`, '');
+    const on = r.profile.on;
+    out.push(`## Per-layer profile${on ? `: ${caseLabel(on)}` : ''}`, '');
+    if (r.profile.note) out.push(`${r.profile.note}.`, '');
+    out.push(`Each rewritten layer's original node and its replacement chain as standalone models at the layer's real input shape (batch 1), `
+      + `timed interleaved; ${r.settings.threads} thread(s); CPU ${r.cpu}; ${r.date.slice(0, 10)}. ⚠ marks layers whose time fell by less than half as much as their MACs.`, '');
     out.push(r.profile.profile ? formatProfileTable(r.profile.profile) : `Not measured: ${r.profile.error}`, '');
   }
   return out.join('\n');

@@ -13,7 +13,7 @@ import {
   type OnnxModelInfo, type OnnxNode,
 } from './onnx-info.js';
 import {
-  fillNormal, latencyStats, MIN_TIMED_RUNS, resolveInputShape, seededUniform, sessionOptions, timeInterleaved,
+  fillNormal, latencyStats, MIN_TIMED_RUNS, ratioOf, resolveInputShape, seededUniform, sessionOptions, timeInterleaved,
   type ExecutionMode, type GraphOptimizationLevel, type LatencyStats,
 } from './verify.js';
 
@@ -57,8 +57,10 @@ export interface LayerProfileRow {
   macs: { original: number; replacement: number; ratio: number };
   original: LatencyStats;
   replacementTime: LatencyStats;
-  /** original median / replacement median */
+  /** original median / replacement median (wall clock) */
   speedup: number;
+  /** the same ratio of median CPU times: steadier than wall time on a shared machine */
+  cpuSpeedup: number | null;
   /** speedup ÷ MACs ratio: 1 means time fell as much as MACs did */
   efficiency: number;
 }
@@ -191,8 +193,8 @@ export async function profileLayers(options: ProfileOptions): Promise<LayerProfi
     const b = await ort.InferenceSession.create(chainBytes, sessOpts);
     try {
       const t = await timeInterleaved(a, b, layerFeeds, options.runs, options.warmup);
-      const originalStats = latencyStats(t.a);
-      const replacementStats = latencyStats(t.b);
+      const originalStats = latencyStats(t.a.wallMs, t.a.cpuMs);
+      const replacementStats = latencyStats(t.b.wallMs, t.b.cpuMs);
       const macsRatio = macsOriginal / macsReplacement;
       const speedup = originalStats.medianMs / replacementStats.medianMs;
       rows.push({
@@ -206,6 +208,7 @@ export async function profileLayers(options: ProfileOptions): Promise<LayerProfi
         original: originalStats,
         replacementTime: replacementStats,
         speedup,
+        cpuSpeedup: ratioOf(originalStats.cpuMedianMs, replacementStats.cpuMedianMs),
         efficiency: speedup / macsRatio,
       });
     } finally {
@@ -228,14 +231,14 @@ const fmt = (v: number, digits = 2) => (Number.isFinite(v) ? v.toFixed(digits) :
 /** Markdown table; rows whose time fell by less than half of what their MACs fell are marked. */
 export function formatProfileTable(profile: LayerProfile): string {
   const lines = [
-    '| layer | kind | ranks | input | MACs before (M) | MACs after (M) | MACs ratio | time before (ms) | time after (ms) | speed-up | speed-up ÷ MACs ratio |',
-    '|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|',
+    '| layer | kind | ranks | input | MACs before (M) | MACs after (M) | MACs ratio | time before (ms) | time after (ms) | speed-up | speed-up ÷ MACs ratio | CPU-time speed-up |',
+    '|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const r of profile.rows) {
     const flag = r.efficiency < 0.5 ? ' ⚠' : '';
     lines.push(`| ${r.layer} | ${r.kind} | ${r.ranks?.join('/') ?? '—'} | ${r.inputShape.join('×')} | `
       + `${(r.macs.original / 1e6).toPrecision(3)} | ${(r.macs.replacement / 1e6).toPrecision(3)} | ${fmt(r.macs.ratio)}× | `
-      + `${fmt(r.original.medianMs, 3)} | ${fmt(r.replacementTime.medianMs, 3)} | ${fmt(r.speedup)}× | ${fmt(r.efficiency)}${flag} |`);
+      + `${fmt(r.original.medianMs, 3)} | ${fmt(r.replacementTime.medianMs, 3)} | ${fmt(r.speedup)}× | ${fmt(r.efficiency)}${flag} | ${r.cpuSpeedup === null ? '—' : `${fmt(r.cpuSpeedup)}×`} |`);
   }
   if (profile.skipped.length > 0) {
     lines.push('', `Not profiled: ${profile.skipped.map((s) => `${s.layer} (${s.reason})`).join('; ')}.`);

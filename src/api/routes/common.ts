@@ -33,7 +33,6 @@ export const AUTH = [{ bearerAuth: [] as string[] }];
 /** A display name from an uploaded file name: no directories, no control characters, bounded length. */
 export function cleanFileName(fileName: string | undefined, fallback: string): string {
   const base = path.posix.basename((fileName ?? '').replaceAll('\\', '/'));
-  // eslint-disable-next-line no-control-regex
   const clean = base.replace(/[\u0000-\u001f\u007f"]/g, '').trim().slice(0, 200);
   return clean === '' || clean === '.' || clean === '..' ? fallback : clean;
 }

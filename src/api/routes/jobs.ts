@@ -68,7 +68,9 @@ export function jobView(job: Job) {
 export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app, { ctx }) => {
   const { prisma, queue, store, redis, events } = ctx;
   const openStreams = new Set<() => void>();
-  app.addHook('onClose', async () => {
+  // preClose, not onClose: the server waits for open connections before onClose runs, and an SSE stream
+  // stays open until the job ends.
+  app.addHook('preClose', async () => {
     for (const end of [...openStreams]) end();
   });
 

@@ -2,8 +2,10 @@
 import type {} from '@fastify/multipart';
 import type { FastifyRequest } from 'fastify';
 import type { PrismaClient } from '../../db/client.js';
-import type { ArtifactStore, StoredObject } from '../../store/artifacts.js';
+import { PayloadTooLargeError, type ArtifactStore, type StoredObject } from '../../store/artifacts.js';
 import { BadRequestError, UnprocessableError, UnsupportedMediaTypeError } from '../errors.js';
+
+const MULTIPART_OVERHEAD_BYTES = 64 * 1024;
 
 export interface ReceivedUpload {
   stored: StoredObject;
@@ -18,6 +20,11 @@ export async function receiveUpload(
 ): Promise<ReceivedUpload> {
   if (!request.isMultipart()) {
     throw new UnsupportedMediaTypeError(`send multipart/form-data with ${what} in the field "file"`);
+  }
+  // A declared length far past the limit is refused before a byte is read (multipart framing adds little).
+  const declared = Number(request.headers['content-length']);
+  if (Number.isFinite(declared) && declared > limitBytes + MULTIPART_OVERHEAD_BYTES) {
+    throw new PayloadTooLargeError(limitBytes);
   }
   const part = await request.file({ limits: { fileSize: limitBytes, files: 1 } });
   if (!part) throw new BadRequestError(`the multipart body has no file; send ${what} in the field "file"`);
