@@ -40,6 +40,9 @@ COPY prisma ./prisma
 RUN mkdir -p /data/storage && chown -R node:node /data
 
 # ---- api ----
+# No Python here: the upload-time `analyze` (params/MACs of an uploaded model) is best-effort and stays null;
+# every job's report has them from the worker. To fill them at upload, run the API from the worker image
+# (`docker run ... tuckerize-worker node dist/src/server.js`).
 FROM runtime AS api
 USER node
 EXPOSE 8080

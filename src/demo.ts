@@ -5,7 +5,7 @@
 // artifact and prints the per-layer plan and the paper's Table 1 from the report. Then stops both.
 //
 // Environment (demo only; the services read theirs through src/config.ts):
-//   DEMO_QUICK=1               a few hundred fine-tuning steps instead of one epoch (what the tests run)
+//   DEMO_QUICK=1               200 fine-tuning steps of 32 images instead of one epoch (what the tests run)
 //   DEMO_MODEL=fmnist-resnet   the other reference net (default fmnist-vgg)
 //   DEMO_STEPS=N               fine-tuning steps (overrides the two above)
 //   DEMO_ADMIN_DATABASE_URL    a database to connect to for CREATE DATABASE (default postgres on 127.0.0.1)
@@ -350,16 +350,21 @@ async function exists(file: string): Promise<boolean> {
 }
 
 /** The reference net, or — before the fine-tuning helper has trained it — a zoo export without fine-tuning. */
-async function chooseModel(env: DemoEnv, dataDir: string): Promise<{ file: string; job: Json; note: string }> {
+async function chooseModel(env: DemoEnv, rawEnv: NodeJS.ProcessEnv, dataDir: string): Promise<{ file: string; job: Json; note: string }> {
   const reference = path.join(REPO_ROOT, 'assets', 'models', `${env.DEMO_MODEL}.onnx`);
-  const steps = env.DEMO_STEPS ?? (env.DEMO_QUICK === '1' ? 300 : undefined);
+  // Quick: 200 steps of 32 images (a tenth of an epoch) — enough to show the recovery, short enough for CI.
+  const quick = env.DEMO_QUICK === '1';
+  const steps = env.DEMO_STEPS ?? (quick ? 200 : undefined);
   if (await exists(reference)) {
     return {
       file: reference,
       job: {
         datasetId: 'builtin:fashion-mnist',
         // One epoch of distillation (plus cross-entropy on the labels) recovers most of the accuracy (the paper).
-        options: { rule: 'vbmf', finetune: { distill: true, ...(steps ? { steps } : { epochs: 1 }) } },
+        options: {
+          rule: 'vbmf',
+          finetune: { distill: true, ...(steps ? { steps } : { epochs: 1 }), ...(quick ? { batchSize: 32 } : {}) },
+        },
       },
       note: `${env.DEMO_MODEL} (trained reference net), EVBMF ranks, fine-tuning ${steps ? `${steps} steps` : '1 epoch'} on Fashion-MNIST`,
     };
@@ -367,7 +372,7 @@ async function chooseModel(env: DemoEnv, dataDir: string): Promise<{ file: strin
   const file = path.join(dataDir, 'resnet18-64.onnx');
   if (!(await exists(file))) {
     await execFileAsync('/usr/bin/python3', ['-c', `from tuckerize.zoo import export_zoo_model; export_zoo_model("resnet18", ${JSON.stringify(file)}, opset=13, input_size=64)`], {
-      env: { ...process.env, PYTHONPATH: path.join(REPO_ROOT, 'engine') },
+      env: { PATH: rawEnv.PATH, PYTHONPATH: path.join(REPO_ROOT, 'engine') },
     });
   }
   return {
@@ -407,8 +412,8 @@ export async function runDemo(rawEnv: NodeJS.ProcessEnv, print: (line: string) =
   const port = await freePort();
   const baseUrl = `http://127.0.0.1:${port}`;
   const serviceEnv: NodeJS.ProcessEnv = {
-    PATH: process.env.PATH,
-    HOME: process.env.HOME,
+    PATH: rawEnv.PATH,
+    HOME: rawEnv.HOME,
     DATABASE_URL: databaseUrl,
     REDIS_URL: env.REDIS_URL,
     STORAGE_DIR: storageDir,
@@ -433,7 +438,7 @@ export async function runDemo(rawEnv: NodeJS.ProcessEnv, print: (line: string) =
     print(`API key created for tenant "demo" (npm run cli -- keys create --tenant demo)`);
     const client = new ApiClient(baseUrl, key);
 
-    const choice = await chooseModel(env, dataDir);
+    const choice = await chooseModel(env, rawEnv, dataDir);
     print(`model: ${choice.note}`);
     const model = await client.uploadModel(choice.file);
     print(`uploaded ${path.basename(choice.file)} → model ${model.id}`);

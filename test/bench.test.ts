@@ -36,6 +36,7 @@ test('the quick bench compresses with the budget rule and measures the result', 
   assert.ok(Math.abs(m.table1.macs.ratio - 2) / 2 < 0.02, `MACs reduction ${m.table1.macs.ratio}`);
   assert.ok(m.table1.weights.ratio > 1);
   assert.ok(m.latency.length >= 1 && m.latency.every((l) => l.original.runs >= 20 && l.speedup > 0));
+  assert.ok(m.latency.every((l) => l.cpuSpeedup !== null && l.cpuSpeedup > 0));
   assert.ok(Number.isFinite(m.fidelity.compressed.maxRelativeError));
 });
 
@@ -53,7 +54,8 @@ test('the quick bench compares rules, session options and profiles layers', () =
 });
 
 test('the quick bench writes every table with its command, threads, CPU and date', () => {
-  for (const heading of ['## Speed-up at the paper\'s MACs reductions', '## Compression time and peak memory',
+  for (const heading of ['## Speed-up at the paper\'s MACs reductions', '## Weights, MACs and energy', '## Against the goals',
+    '## Compression time and peak memory',
     '## Rules on the same network', '## onnxruntime session options', '## Per-layer profile']) {
     assert.ok(markdown.includes(heading), heading);
   }

@@ -80,7 +80,7 @@ describe('make demo (DEMO_QUICK=1)', () => {
     const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
     assert.equal(code, 0, out);
     assert.match(out, /job succeeded/);
-    assert.match(out, /fine-tuning 300 steps on Fashion-MNIST/);
+    assert.match(out, /fine-tuning 200 steps on Fashion-MNIST/);
     assert.match(out, /\[ *\d+\.\d %\] finetune/, 'live fine-tuning progress from SSE');
     assert.match(out, /matches X-Content-SHA256/);
     assert.match(out, /Per-layer plan\nlayer/);

@@ -41,6 +41,15 @@ test('each rewritten layer is timed against its replacement chain at its real in
   assert.match(table, /\| conv2 \| tucker2 \| — \| 1×8×16×16 \| 0\.0737 \| 0\.0282 \| 2\.62× \|/);
 });
 
+test('without a plan, a two-node chain with a spatial first kernel is recognised as Tucker-1', async () => {
+  const profile = await profileLayers({
+    originalPath: join(dir, 'tiny.onnx'), compressedPath: join(dir, 'tiny_tucker1.onnx'), threads: 1, runs: 20, warmup: 0, seed: 5,
+  });
+  assert.deepEqual(profile.rows.map((r) => [r.layer, r.kind, r.replacement]), [['conv1', 'tucker1', ['conv1_core', 'conv1_last']]]);
+  // core 4·16·16·27 + last 8·16·16·4 against 8·16·16·27
+  assert.deepEqual(profile.rows[0]!.macs, { original: 55_296, replacement: 27_648 + 8_192, ratio: 55_296 / 35_840 });
+});
+
 test('plan.json labels rows with ranks and names the layers it kept', async () => {
   const planPath = join(dir, 'plan.json');
   await writeFile(planPath, JSON.stringify({

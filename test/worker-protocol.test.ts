@@ -1,6 +1,11 @@
 // The worker's pure parts: the engine's JSON-lines protocol, exit classification, progress mapping and
 // throttling, and the metrics extracted from a report.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { describe, it } from 'node:test';
 import { UnrecoverableError } from 'bullmq';
 import type { JobProgress } from '../src/queue/index.js';
@@ -8,9 +13,12 @@ import {
   BadInputError,
   classifyExit,
   EngineCrashError,
+  killStaleEngine,
   lastLine,
   LineSplitter,
   parseEngineLine,
+  processGroupAlive,
+  recordEngine,
   type EngineExit,
 } from '../src/worker/engine.js';
 import { metricsFromReport } from '../src/worker/jobs.js';
@@ -183,5 +191,32 @@ describe('metrics', () => {
     assert.equal(byName.finetune_images_per_second, 512);
     assert.equal(byName.stage_seconds_rewrite, 1.25);
     assert.equal(byName.top5_original, undefined, 'absent values are not invented');
+  });
+});
+
+describe('stale engine guard', () => {
+  it('kills a leftover engine group of the same job file and leaves other processes alone', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'tuckerize-stale-'));
+    const jobFile = path.join(dir, 'job.json');
+    const pidFile = path.join(dir, 'engine.pid');
+    // A detached process whose command line looks like an engine's (`-m tuckerize run <jobFile>`), with a
+    // child in its group, as an engine left behind by a worker that was SIGKILLed.
+    const script = 'import subprocess, sys, time; subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]); time.sleep(60)';
+    const leftover = spawn('/usr/bin/python3', ['-c', script, 'tuckerize', 'run', jobFile], { detached: true, stdio: 'ignore' });
+    const pgid = leftover.pid!;
+    try {
+      await recordEngine(pidFile, pgid, jobFile);
+      assert.equal(await killStaleEngine(pidFile, path.join(dir, 'other-job.json')), null, 'another job file: not ours to kill');
+      assert.ok(processGroupAlive(pgid));
+      const exited = once(leftover, 'exit');
+      assert.equal(await killStaleEngine(pidFile, jobFile), pgid);
+      await exited;
+      assert.equal(processGroupAlive(pgid), false, 'the whole group is gone, child included');
+      assert.equal(await killStaleEngine(pidFile, jobFile), null, 'nothing left to kill');
+      assert.equal(await killStaleEngine(path.join(dir, 'missing.pid'), jobFile), null);
+    } finally {
+      if (processGroupAlive(pgid)) process.kill(-pgid, 'SIGKILL');
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

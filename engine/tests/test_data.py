@@ -201,3 +201,20 @@ def test_split_indices_is_deterministic_and_disjoint():
     assert len(split_indices(100, 0.5, seed=0, max_heldout=7)[1]) == 7
     with pytest.raises(EngineInputError):
         split_indices(1, 0.5)
+
+
+def test_cli_describes_or_refuses(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"}
+    np.savez(tmp_path / "ok.npz", x=np.zeros((5, 1, 3, 3), np.uint8), y=np.array([0, 2, 2, 1, 2]))
+    done = subprocess.run([sys.executable, "-m", "tuckerize.data", str(tmp_path / "ok.npz"), "--input-shape", "N,1,3,3"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["count"] == 5 and summary["classes"] == 3 and summary["labelCounts"] == {"0": 1, "1": 1, "2": 3}
+    refused = subprocess.run([sys.executable, "-m", "tuckerize.data", str(tmp_path / "ok.npz"), "--input-shape", "1,1,4,4"],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert refused.returncode == 2 and "axis 2" in refused.stderr and refused.stdout == ""

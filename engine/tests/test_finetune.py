@@ -104,12 +104,14 @@ def collect():
 
 def test_parse_options_defaults_and_refusals():
     options = parse_options(None)
-    assert (options.epochs, options.steps, options.optimizer, options.lr, options.distill) == (1, None, "sgd", 0.003, True)
+    assert (options.epochs, options.steps, options.optimizer, options.lr, options.distill) == (1, None, "sgd", 0.01, True)
     assert parse_options({"optimizer": "adamw"}).lr == 3e-4
     assert parse_options({"steps": 7}).epochs is None
+    assert parse_options(None).clip_grad_norm == 5.0 and parse_options({"clipGradNorm": 0}).clip_grad_norm == 0.0
     for bad, fragment in [({"lr": -1}, "lr"), ({"optimizer": "rmsprop"}, "optimizer"), ({"epochs": 0}, "epochs"),
                           ({"batchSize": 1}, "batchSize"), ({"alpha": 1.5}, "alpha"), ({"distill": "yes"}, "distill"),
-                          ({"temperature": 0}, "temperature"), ({"epoch": 1}, "unknown")]:
+                          ({"temperature": 0}, "temperature"), ({"epoch": 1}, "unknown"),
+                          ({"clipGradNorm": -1}, "clipGradNorm")]:
         with pytest.raises(EngineInputError, match=fragment):
             parse_options(bad)
 

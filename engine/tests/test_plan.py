@@ -112,6 +112,8 @@ def test_unreachable_budget_says_what_is_reachable():
     (dict(rule="vbmf", target_macs=0.5), "need rule 'budget'"),
     (dict(rule="ratio", ratio=0.5, round_to=0), "roundTo"),
     (dict(rule="svd"), "not one of"),
+    (dict(rule="vbmf", ratio=0.5), "ratio applies only to rule 'ratio'"),
+    (dict(rule="ratio", ratio=0.5, strength=0.5), "applies to rule 'vbmf'"),
 ])
 def test_bad_options_are_input_errors(cnn, kwargs, match):
     with pytest.raises(EngineInputError, match=match):

@@ -392,3 +392,44 @@ def _static(dim) -> Optional[int]:
     if isinstance(dim, (int, np.integer)) and not isinstance(dim, bool) and int(dim) > 0:
         return int(dim)
     return None
+
+
+def describe(dataset: Dataset) -> dict:
+    """What a dataset holds, for the service to record at upload: info plus per-class counts."""
+    summary = dict(dataset.info)
+    if dataset.y is not None:
+        counts = torch.bincount(dataset.y)
+        summary["labelCounts"] = {str(label): int(n) for label, n in enumerate(counts.tolist()) if n}
+    summary["min"], summary["max"] = float(dataset.x.min()), float(dataset.x.max())
+    return summary
+
+
+def main(argv=None) -> int:
+    """`python3 -m tuckerize.data SPEC [--input-shape N,C,H,W] [--split train|test]`: validate and describe.
+
+    Prints one JSON object (count, shape, classes, labelled, preprocessing, labelCounts, min, max);
+    on a refused dataset prints the reason on stderr and exits 2.
+    """
+    import argparse
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python3 -m tuckerize.data", description=main.__doc__.split("\n")[0])
+    parser.add_argument("spec", help="builtin:fashion-mnist, or a .npz / .zip path")
+    parser.add_argument("--input-shape", help="model input N,C,H,W; a non-positive or non-numeric entry is dynamic")
+    parser.add_argument("--split", default="train", choices=["train", "test"], help="built-in dataset split")
+    args = parser.parse_args(argv)
+    shape = None
+    if args.input_shape:
+        shape = [int(d) if d.strip().lstrip("-").isdigit() else None for d in args.input_shape.split(",")]
+    try:
+        summary = describe(load_dataset(args.spec, shape, split=args.split))
+    except EngineInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -369,8 +369,12 @@ def _validate_options(rule, ratio, strength, target_macs, target_params, round_t
             raise EngineInputError("rule 'ratio' needs a ratio in (0, 1], e.g. --ratio 0.5")
         if not (isinstance(ratio, (int, float)) and 0 < ratio <= 1):
             raise EngineInputError(f"ratio must be in (0, 1], got {ratio!r}")
+    if ratio is not None and rule != "ratio":
+        raise EngineInputError(f"ratio applies only to rule 'ratio' (rule is {rule!r}); set rule ratio or drop ratio")
     if strength is not None and not (isinstance(strength, (int, float)) and 0 < strength <= 1):
         raise EngineInputError(f"strength must be in (0, 1], got {strength!r}")
+    if strength is not None and rule == "ratio":
+        raise EngineInputError("strength weakens EVBMF ranks and applies to rule 'vbmf', not 'ratio'; drop strength")
     for label, target in (("targetMacs", target_macs), ("targetParams", target_params)):
         if target is not None and not (isinstance(target, (int, float)) and 0 < target < 1):
             raise EngineInputError(f"{label} is the fraction of the original to keep, in (0, 1); got {target!r}")

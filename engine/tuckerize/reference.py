@@ -17,6 +17,7 @@ batches as an uninterrupted one. DIR receives ARCH.onnx, ARCH.json (the training
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import inspect
 import json
@@ -220,7 +221,7 @@ def train(arch: str, epochs: int, seed: int, out: Path, device: str = "cpu", dat
         state = ckpt["state"]
         log(f"resumed {arch} from {ckpt_path} after epoch {state['epoch']}")
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _null_context()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     while state["epoch"] < state["epochs"]:
         epoch = state["epoch"]
         epoch_start = time.time()
@@ -361,14 +362,6 @@ def _onnx_line(onnx_info: dict) -> str:
 def dataset_stats(data_dir: Optional[str] = None) -> tuple[float, float]:
     x = load_fashion_mnist("train", data_dir).x
     return float(x.mean()), float(x.std())
-
-
-class _null_context:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def main(argv=None) -> int:

@@ -2,6 +2,9 @@
 // The engine runs in its own process group so that cancel/timeout can kill it together with any
 // children it forked (data loader workers, onnx checkers), not just the interpreter.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFile, rename, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { UnrecoverableError } from 'bullmq';
 
 /** One line of the engine's stdout protocol (see DESIGN.md, engine contract). */
@@ -262,4 +265,41 @@ export function spawnEngine(opts: EngineSpawnOptions): EngineProcess {
     throw new EngineCrashError(`could not start the engine interpreter ${opts.python} (check ENGINE_PYTHON)`);
   }
   return new EngineProcess(child, done, opts.killGraceMs ?? 5000);
+}
+
+/**
+ * The engine runs detached, so it outlives a worker killed with SIGKILL. Before another attempt of the same
+ * job starts an engine in the same directories, the old one must go: its process group is recorded here.
+ */
+export async function recordEngine(pidFile: string, pgid: number, jobFile: string): Promise<void> {
+  const tmp = `${pidFile}.${process.pid}.tmp`;
+  await writeFile(tmp, JSON.stringify({ pgid, host: os.hostname(), jobFile }));
+  await rename(tmp, pidFile);
+}
+
+/**
+ * Kills the engine recorded in `pidFile` if it still runs on this host for this job file (the command line
+ * is checked, so a recycled pid of an unrelated process is left alone). Returns the pgid it killed.
+ */
+export async function killStaleEngine(pidFile: string, jobFile: string, waitMs = 10_000): Promise<number | null> {
+  let record: { pgid?: unknown; host?: unknown };
+  try {
+    record = JSON.parse(await readFile(pidFile, 'utf8')) as typeof record;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT' || err instanceof SyntaxError) return null;
+    throw err;
+  }
+  const pgid = record.pgid;
+  if (typeof pgid !== 'number' || !Number.isInteger(pgid) || pgid <= 1 || record.host !== os.hostname()) return null;
+  let cmdline: string;
+  try {
+    cmdline = (await readFile(`/proc/${pgid}/cmdline`, 'utf8')).split('\0').join(' ');
+  } catch {
+    return null; // gone (or no /proc: nothing we can verify, so nothing we may kill)
+  }
+  if (!cmdline.includes('tuckerize') || !cmdline.includes(jobFile)) return null;
+  signalGroup(pgid, 'SIGKILL');
+  const deadline = Date.now() + waitMs;
+  while (processGroupAlive(pgid) && Date.now() < deadline) await sleep(50);
+  return pgid;
 }

@@ -11,7 +11,16 @@ import type { Config } from '../config.js';
 import type { CancelBus } from '../queue/cancel.js';
 import type { CompressionJobData, JobProgress } from '../queue/index.js';
 import type { ArtifactStore } from '../store/artifacts.js';
-import { BadInputError, classifyExit, EngineCrashError, spawnEngine, type EngineEvent, type EngineExit } from './engine.js';
+import {
+  BadInputError,
+  classifyExit,
+  EngineCrashError,
+  killStaleEngine,
+  recordEngine,
+  spawnEngine,
+  type EngineEvent,
+  type EngineExit,
+} from './engine.js';
 import { overallProgress, ProgressThrottle, stageWeights } from './progress.js';
 import type { MeasurementReport, VerifyOptions } from './verify.js';
 
@@ -190,6 +199,7 @@ class JobRun {
   private readonly log: Logger;
   private readonly jobId: string;
   private readonly jobDir: string;
+  private readonly enginePidFile: string;
   private stopping: Outcome = null;
   private kill: (() => Promise<EngineExit>) | null = null;
   private weights: Record<string, number> = stageWeights(false);
@@ -199,6 +209,7 @@ class JobRun {
     this.jobId = job.data.jobId;
     this.log = deps.logger.child({ jobId: this.jobId, attempt: job.attemptsMade + 1 });
     this.jobDir = jobDirFor(deps.config.storageDir, this.jobId);
+    this.enginePidFile = path.join(this.jobDir, 'engine.pid');
     this.throttle = new ProgressThrottle(
       (p) => this.writeProgress(p),
       (err) => this.log.warn({ err }, 'progress update failed; the job goes on'),
@@ -267,13 +278,9 @@ class JobRun {
     await linkOrCopy(store.pathFor(row.model.storageKey), modelPath);
     let dataset: string | null = row.builtinDataset;
     if (row.dataset) {
-      if (row.dataset.format === 'builtin') {
-        dataset = row.dataset.storageKey;
-      } else {
-        // The engine picks the reader by extension; store objects have none.
-        dataset = path.join(this.jobDir, `dataset.${row.dataset.format}`);
-        await linkOrCopy(store.pathFor(row.dataset.storageKey), dataset);
-      }
+      // The engine picks the reader by extension (npz | zip); store objects have none.
+      dataset = path.join(this.jobDir, `dataset.${row.dataset.format}`);
+      await linkOrCopy(store.pathFor(row.dataset.storageKey), dataset);
     }
 
     const jobFile = path.join(this.jobDir, 'job.json');
@@ -289,6 +296,9 @@ class JobRun {
     });
     this.pushProgress({ stage: 'staging', done: 1, total: 1 });
 
+    // An engine of an earlier attempt survives its worker's SIGKILL; it must not write beside the new one.
+    const stale = await killStaleEngine(this.enginePidFile, jobFile);
+    if (stale !== null) this.log.warn({ pgid: stale }, 'killed the engine of an earlier attempt that was still running');
     const exit = await this.runEngine(jobFile);
     if (this.stopping) throw this.stopError();
     const failure = classifyExit(exit);
@@ -366,8 +376,6 @@ class JobRun {
       jobFile,
       cwd: this.jobDir,
       env: {
-        PATH: process.env.PATH,
-        HOME: process.env.HOME,
         LANG: 'C.UTF-8',
         // BLAS/OpenMP pools size themselves to all cores otherwise, fighting the other jobs.
         OMP_NUM_THREADS: String(config.engineThreads),
@@ -377,6 +385,7 @@ class JobRun {
       onStrayLine: (line) => this.log.info({ line: line.slice(0, 2000) }, 'engine stdout (not protocol)'),
     });
     this.log.info({ pid: engine.pid }, 'engine started');
+    await recordEngine(this.enginePidFile, engine.pgid, jobFile);
     await this.event('engine', { pid: engine.pid, pgid: engine.pgid });
     this.kill = () => engine.kill();
     this.deps.onEngineStarted?.({ jobId: this.jobId, pgid: engine.pgid, attempt: this.job.attemptsMade + 1 });

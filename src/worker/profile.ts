@@ -113,11 +113,14 @@ export function replacementChain(compressed: OnnxModelInfo, input: string, outpu
   return compressed.nodes.filter((n) => chain.has(n));
 }
 
-function inferKind(chain: OnnxNode[]): string {
-  const compute = chain.filter((n) => COMPUTE_OPS.has(n.opType)).length;
-  if (compute === 3) return 'tucker2';
-  if (compute === 2) return chain[0]!.opType === 'Conv' && chain[0]!.attributes.get('kernel_shape')?.ints?.some((k) => k > 1) ? 'tucker1' : 'svd';
-  return 'other';
+/** Without a plan: 3 compute nodes are Tucker-2; 2 are Tucker-1 when the first has a spatial kernel, else SVD. */
+function inferKind(model: OnnxModelInfo, chain: OnnxNode[]): string {
+  const compute = chain.filter((n) => COMPUTE_OPS.has(n.opType));
+  if (compute.length === 3) return 'tucker2';
+  if (compute.length !== 2) return 'other';
+  const first = compute[0]!;
+  const kernel = model.initializers.get(first.inputs[1] ?? '')?.dims.slice(2) ?? [];
+  return first.opType === 'Conv' && kernel.some((k) => k > 1) ? 'tucker1' : 'svd';
 }
 
 const sameNode = (a: OnnxNode, b: OnnxNode) =>
@@ -200,7 +203,7 @@ export async function profileLayers(options: ProfileOptions): Promise<LayerProfi
       rows.push({
         layer: label,
         opType: node.opType,
-        kind: entry?.kind ?? inferKind(chain),
+        kind: entry?.kind ?? inferKind(compressed, chain),
         ranks: entry?.ranks ?? null,
         replacement: chain.map((n) => n.name || n.opType),
         inputShape: xShape.dims,

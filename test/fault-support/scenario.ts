@@ -8,7 +8,6 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../../src/api/app.js';
 import { loadConfig, type Config } from '../../src/config.js';
 import { createPrisma, type PrismaClient } from '../../src/db/client.js';
@@ -38,13 +37,12 @@ export interface HttpResult {
 }
 
 export class Scenario {
-  readonly teardown = new Teardown();
   readonly workers: ServiceProcess[] = [];
-  private app: FastifyInstance | null = null;
   baseUrl = '';
   apiKey = '';
 
   private constructor(
+    readonly teardown: Teardown,
     readonly config: Config,
     /** Config as environment variables, for the worker processes. */
     readonly env: Record<string, string>,
@@ -91,19 +89,14 @@ export class Scenario {
         QUEUE_PREFIX: config.queuePrefix,
         STORAGE_DIR: config.storageDir,
       };
-      const scenario = new Scenario({ ...config, logLevel: 'silent' }, env, prisma);
-      // Registered early so it runs late: after the workers are dead, no engine of this scenario survives.
+      // Registered before any process starts, so it runs after they are all dead: no engine survives.
       teardown.defer('kill orphaned engines', () => killEngines(config.storageDir));
-      scenario.adoptTeardown(teardown);
-      return scenario;
+      // The in-process API stays quiet; the worker processes log at info for failure messages.
+      return new Scenario(teardown, { ...config, logLevel: 'silent' }, env, prisma);
     } catch (err) {
       await teardown.run().catch(() => undefined);
       throw err;
     }
-  }
-
-  private adoptTeardown(previous: Teardown): void {
-    this.teardown.defer('scenario resources', () => previous.run());
   }
 
   /** Builds the API on this scenario's config and listens on an ephemeral loopback port. */
@@ -114,7 +107,6 @@ export class Scenario {
     await app.listen({ port: 0, host: '127.0.0.1' });
     const address = app.server.address();
     if (address === null || typeof address === 'string') throw new Error('API did not report a TCP address');
-    this.app = app;
     this.baseUrl = `http://127.0.0.1:${address.port}`;
     this.apiKey = await createTestKey(this.prisma, `fault-${randomBytes(3).toString('hex')}`);
   }
@@ -247,11 +239,6 @@ export class Scenario {
 
   async close(): Promise<void> {
     await this.teardown.run();
-  }
-
-  get api(): FastifyInstance {
-    if (!this.app) throw new Error('startApi() first');
-    return this.app;
   }
 }
 
