@@ -399,7 +399,11 @@ function progressPrinter(print: (line: string) => void): (message: SseMessage) =
 }
 
 export async function runDemo(rawEnv: NodeJS.ProcessEnv, print: (line: string) => void): Promise<number> {
-  const env = DemoEnvSchema.parse(rawEnv);
+  const parsed = DemoEnvSchema.safeParse(rawEnv);
+  if (!parsed.success) {
+    throw new Error(parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
+  }
+  const env = parsed.data;
   const dataDir = path.join(REPO_ROOT, '.data', 'demo');
   const storageDir = path.join(dataDir, 'storage');
   const logDir = path.join(dataDir, 'logs');

@@ -1,16 +1,18 @@
-// The worker against the real Postgres, Redis and engine: a crash is retried and resumes to one artifact,
-// bad input fails at once without retry, a timeout kills the engine's process group, a finished job is
-// never run again, and a cancel found in the database (no Redis message) stops the engine.
+// The worker against the real Postgres, Redis and engine: a SIGKILLed engine is retried and ends with one
+// artifact, an engine exiting 1 is retried until the last attempt, bad input (exit 2) fails at once without
+// retry, a timeout kills the engine's process group, a finished job is never run again, a job whose workers
+// keep dying is given up, and a cancel found in the database (no Redis message) stops the engine.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { access, readFile, writeFile } from 'node:fs/promises';
+import { access, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { QueueEvents, type Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
-import { COMPRESSION_QUEUE, createCompressionQueue, enqueueCompressionJob, type CompressionJobData } from '../src/queue/index.js';
+import { CancelBus } from '../src/queue/cancel.js';
+import { COMPRESSION_QUEUE, createCompressionQueue, enqueueCompressionJob, publishCancel, type CompressionJobData } from '../src/queue/index.js';
 import { ArtifactStore } from '../src/store/artifacts.js';
 import { processGroupAlive } from '../src/worker/engine.js';
 import { jobDirFor } from '../src/worker/jobs.js';
@@ -194,6 +196,21 @@ describe('worker with the real engine', () => {
     assert.equal(row.attempts, 0);
   });
 
+  it('gives up on a job whose earlier workers all died, instead of running it forever', async () => {
+    const modelId = await insertModel(h.env.prisma, h.store, h.tenantId, tiny, TINY_CNN_INPUTS);
+    const jobId = await insertJob(h.env.prisma, h.tenantId, modelId, { rule: 'ratio', ratio: 0.5 });
+    // Five claims recorded (BullMQ allows 3 attempts, plus 2 lost with dead workers), none finished.
+    await h.env.prisma.job.update({ where: { id: jobId }, data: { status: 'running', attempts: 5 } });
+    const outcome = await runToEnd(h, jobId);
+    assert.equal(outcome.ok, false);
+    assert.match(String(outcome.value), /started 5 times without finishing/);
+    const row = await h.env.prisma.job.findUniqueOrThrow({ where: { id: jobId } });
+    assert.equal(row.status, 'failed');
+    assert.equal(row.errorCategory, 'internal');
+    assert.equal(row.attempts, 5, 'not claimed again');
+    assert.equal(h.started.filter((s) => s.jobId === jobId).length, 0, 'no engine was started');
+  });
+
   it('stops the engine when the row is canceled in the database, without a Redis message', async () => {
     const modelId = await insertModel(h.env.prisma, h.store, h.tenantId, slow);
     const jobId = await insertJob(h.env.prisma, h.tenantId, modelId, { rule: 'ratio', ratio: 0.5 });
@@ -243,6 +260,64 @@ describe('worker job timeout', () => {
       assert.equal(processGroupAlive(engines[0]!.pgid), false);
     } finally {
       await h.close();
+    }
+  });
+});
+
+describe('worker with an engine that exits 1', () => {
+  it('retries the crash with backoff and fails as engine_crash after the last attempt', async () => {
+    // A worker whose ENGINE_DIR holds no engine: the real interpreter exits 1 ("No module named tuckerize"),
+    // the way a broken deployment or an engine bug crashes — never an input problem.
+    const emptyEngineDir = await mkdtemp(path.join(os.tmpdir(), 'tuckerize-no-engine-'));
+    const h = await harness({ ENGINE_DIR: emptyEngineDir });
+    try {
+      const modelId = await insertModel(h.env.prisma, h.store, h.tenantId, await tinyCnn(), TINY_CNN_INPUTS);
+      const jobId = await insertJob(h.env.prisma, h.tenantId, modelId, { rule: 'ratio', ratio: 0.5 });
+      const outcome = await runToEnd(h, jobId);
+      assert.equal(outcome.ok, false);
+      assert.match(String(outcome.value), /engine exited with code 1: .*No module named tuckerize/);
+
+      const row = await h.env.prisma.job.findUniqueOrThrow({ where: { id: jobId }, include: { events: { orderBy: { id: 'asc' } } } });
+      assert.equal(row.status, 'failed');
+      assert.equal(row.errorCategory, 'engine_crash');
+      assert.equal(row.attempts, 3, 'all three BullMQ attempts ran');
+      assert.equal(h.started.filter((s) => s.jobId === jobId).length, 3);
+      const retries = row.events.filter((e) => e.type === 'retry').map((e) => (e.data as { attempt: number }).attempt);
+      assert.deepEqual(retries, [1, 2], 'a retry event after each attempt but the last');
+      assert.equal((await h.queue.getJob(jobId))?.attemptsMade, 3);
+      assert.equal(await exists(jobDirFor(h.env.config.storageDir, jobId)), false, 'job dir removed once the job failed for good');
+    } finally {
+      await h.close();
+      await rm(emptyEngineDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('cancel bus', () => {
+  it('delivers a published job id to that job’s listeners only, until unsubscribed', async () => {
+    const prefix = `tkt-cancel-${randomBytes(4).toString('hex')}`;
+    const errors: Error[] = [];
+    const bus = await CancelBus.connect('redis://127.0.0.1:6379', prefix, (err) => errors.push(err));
+    const publisher = new Redis('redis://127.0.0.1:6379');
+    try {
+      const heard: string[] = [];
+      const stopA = bus.on('job-a', () => heard.push('a'));
+      bus.on('job-b', () => heard.push('b'));
+      const delivered = new Promise<void>((resolve) => bus.on('job-a', () => resolve()));
+      await publishCancel(publisher, prefix, 'job-a');
+      await delivered;
+      assert.deepEqual(heard, ['a']);
+
+      stopA();
+      const second = new Promise<void>((resolve) => bus.on('job-b', () => resolve()));
+      await publishCancel(publisher, prefix, 'job-a'); // nobody listens for a any more
+      await publishCancel(publisher, prefix, 'job-b');
+      await second; // messages on one channel arrive in order: job-a's has been handled by now
+      assert.deepEqual(heard, ['a', 'b']);
+      assert.deepEqual(errors, []);
+    } finally {
+      publisher.disconnect();
+      await bus.close();
     }
   });
 });

@@ -258,3 +258,79 @@ def test_krylov_route_on_a_flat_spectrum_and_float32(monkeypatch):
     f32 = svd_factors(M.to(torch.float32), 10)
     assert f32.first.dtype == f32.second.dtype == torch.float32
     assert f32.rel_error <= ey * 1.01
+
+
+def test_large_float32_eigenproblems_do_not_hit_the_ssyevd_workspace_bug():
+    # torch's float32 eigh fails from n = 2897 on (LAPACK's float32 workspace query rounds down);
+    # fc6/fc7 Gram matrices are 4096×4096. The eigenpairs must still be right.
+    import tuckerize.tucker as tucker
+
+    n, r = 2900, 3
+    g = torch.Generator().manual_seed(40)
+    Q, _ = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=f64))
+    G = ((Q * torch.tensor([9.0, 5.0, 2.0], dtype=f64)) @ Q.T).to(torch.float32)
+    values, vectors = tucker._top_eigenpairs(G, r)
+    assert values.dtype == vectors.dtype == torch.float32 and vectors.shape == (n, r)
+    torch.testing.assert_close(values, torch.tensor([9.0, 5.0, 2.0]), rtol=1e-5, atol=1e-5)
+    overlap = (vectors.to(f64).T @ Q).abs()
+    torch.testing.assert_close(overlap, torch.eye(r, dtype=f64), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("r", [1, 7, 40])
+def test_scipy_eigensolver_route_agrees_with_torch(monkeypatch, r):
+    import tuckerize.tucker as tucker
+
+    A = kernel((40, 90), 41).to(torch.float32)
+    G = A @ A.T
+    expected_values, expected_vectors = tucker._top_eigenpairs(G, r)
+    monkeypatch.setattr(tucker, "_FLOAT32_EIGH_MAX_N", 10)
+    values, vectors = tucker._top_eigenpairs(G, r)
+    torch.testing.assert_close(values, expected_values, rtol=1e-5, atol=1e-3)
+    # Eigenvectors are defined up to sign.
+    torch.testing.assert_close((vectors * expected_vectors).sum(0).abs(), torch.ones(r), rtol=0, atol=1e-3)
+    # The whole svd_factors Gram route through scipy still meets Eckart–Young.
+    monkeypatch.setattr(tucker, "_DIRECT_SVD_MAX_WORK", 0)
+    f = svd_factors(A, r)
+    s = torch.linalg.svdvals(A.to(f64))
+    ey = math.sqrt(float((s[r:] ** 2).sum() / (s**2).sum()))
+    assert f.rel_error == pytest.approx(ey, rel=1e-4, abs=1e-5)         # r = 40: float32 rounding only
+
+
+def explicit_error(M, f):
+    M64 = M.to(f64)
+    return float(torch.linalg.norm(M64 - f.second.to(f64) @ f.first.to(f64)) / torch.linalg.norm(M64))
+
+
+@pytest.mark.parametrize("route", ["gram", "krylov"])
+@pytest.mark.parametrize("dtype", [f64, torch.float32])
+@pytest.mark.parametrize("noise_floor", [1e-4, 1.0])
+def test_reported_error_is_the_factors_error(monkeypatch, route, dtype, noise_floor):
+    # The large-matrix routes report the error from the projection's energy where cancellation cannot
+    # matter (large errors) and form the residual otherwise (small errors, float32): both must agree
+    # with the residual of the returned factors.
+    import tuckerize.tucker as tucker
+
+    monkeypatch.setattr(tucker, "_DIRECT_SVD_MAX_WORK", 0)
+    g = torch.Generator().manual_seed(42)
+    U, _ = torch.linalg.qr(torch.randn(200, 8, generator=g, dtype=f64))
+    V, _ = torch.linalg.qr(torch.randn(900, 8, generator=g, dtype=f64))
+    M = (U * torch.linspace(10, 3, 8, dtype=f64)) @ V.T + noise_floor * 0.01 * torch.randn(200, 900, generator=g, dtype=f64)
+    M = M.to(dtype)
+    r = 8 if route == "krylov" else 150
+    assert (tucker._KRYLOV_PASSES * (r + tucker._oversampling(r)) <= 200) == (route == "krylov")
+    f = svd_factors(M, r)
+    tolerance = 1e-9 if dtype == f64 else 2e-5
+    assert f.rel_error == pytest.approx(explicit_error(M, f), rel=tolerance, abs=tolerance)
+
+
+def test_finiteness_check_survives_float64_overflow_of_the_sum():
+    import tuckerize.tucker as tucker
+
+    huge = torch.full((6, 5), 1e307, dtype=f64)       # finite entries whose float64 sum overflows
+    assert not math.isfinite(float(huge.sum())) and tucker._all_finite(huge)
+    for bad in ([float("inf"), float("-inf")], [float("nan"), 1.0], [float("inf"), 1.0]):
+        M = kernel((6, 5), 43)
+        M[2, 1], M[4, 3] = bad
+        assert not tucker._all_finite(M)
+        with pytest.raises(EngineInputError, match="NaN/Inf"):
+            svd_factors(M.to(torch.float32), 2)

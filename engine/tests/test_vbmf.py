@@ -302,6 +302,25 @@ def test_gram_route_matches_the_svd():
                                torch.linalg.svdvals(Y32.to(torch.float64)), rtol=1e-10, atol=0)
 
 
+@pytest.mark.parametrize("shape", [(5, 40), (128, 300), (300, 130), (1030, 50)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gram_matrix_is_the_exactly_symmetric_product(monkeypatch, shape, dtype):
+    import tuckerize.vbmf as vbmf
+
+    # Small blocks so that several row blocks and (for float64 accumulation) column chunks are used.
+    monkeypatch.setattr(vbmf, "_GRAM_MIN_BLOCK_ROWS", 7)
+    A = torch.from_numpy(noise(shape, 1.0, seed=31)).to(dtype)
+    G = vbmf.gram_matrix(A)
+    assert G.dtype == dtype and G.shape == (shape[0], shape[0])
+    assert torch.equal(G, G.T)
+    # Blocks sum in another order than one product: float32 rounding of sums of ~300 products.
+    torch.testing.assert_close(G, A @ A.T, rtol=1e-5, atol=1e-4 if dtype == torch.float32 else 1e-10)
+    G64 = vbmf.gram_matrix(A, torch.float64)
+    assert G64.dtype == torch.float64 and torch.equal(G64, G64.T)
+    A64 = A.to(torch.float64)
+    torch.testing.assert_close(G64, A64 @ A64.T, rtol=1e-12, atol=1e-9)
+
+
 # --- inputs and edge cases -----------------------------------------------------------------------
 
 def test_torch_and_numpy_inputs_agree():

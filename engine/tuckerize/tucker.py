@@ -14,10 +14,11 @@ import math
 import numbers
 from typing import NamedTuple
 
+import scipy.linalg
 import torch
 
 from .errors import EngineInputError
-from .vbmf import block_krylov
+from .vbmf import _squared_norm, block_krylov, gram_matrix
 
 
 # svd_factors uses a dense SVD up to this out·in·min(out, in) (~1024×4096). Above it, a block Krylov
@@ -26,6 +27,16 @@ from .vbmf import block_krylov
 _DIRECT_SVD_MAX_WORK = 1 << 32
 _KRYLOV_POWER_ITERATIONS = 2
 _KRYLOV_PASSES = 2 * _KRYLOV_POWER_ITERATIONS + 2
+
+
+# float32 LAPACK ssyevd reports its workspace size as a float32, which rounds 1 + 6n + 2n² below the
+# size it then demands once n > 2896: torch.linalg.eigh fails there ("Argument 8 has illegal value",
+# VGG-16's fc6/fc7 Gram matrices are 4096×4096). Larger float32 problems go to scipy's ssyevr.
+_FLOAT32_EIGH_MAX_N = 2896
+# The relative error of a projection, ‖X‖² − ‖PX‖² over ‖X‖², loses digits to cancellation: its
+# rounding is ~c·ε·‖X‖² (c ≲ 20). It is used where that is below 1e-5 of the result, else the
+# residual is formed explicitly (one more product of the factors' size).
+_ENERGY_ERROR_MIN_EPS = 2e6
 
 
 def _oversampling(r: int) -> int:
@@ -83,13 +94,22 @@ def _factored_relative_error(X: torch.Tensor, second: torch.Tensor, first: torch
     return math.sqrt(residual / norm2)
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN/Inf entry. A float64 sum is finite exactly when every entry is (NaN and ±Inf propagate),
+    unless it overflows, which only float64 entries near 1e308 can make it do: then check entrywise.
+    One streaming pass instead of a 100M-entry boolean tensor for fc6."""
+    if bool(torch.isfinite(t.sum(dtype=torch.float64))):
+        return True
+    return bool(torch.isfinite(t).all())
+
+
 def _check_kernel(W: torch.Tensor, fn: str) -> None:
     if not isinstance(W, torch.Tensor) or W.dim() != 4:
         shape = tuple(W.shape) if isinstance(W, torch.Tensor) else type(W).__name__
         raise EngineInputError(f"{fn}: needs a 4-D conv kernel (T, S, kh, kw), got {shape}")
     if not W.is_floating_point():
         raise EngineInputError(f"{fn}: needs a floating-point kernel, got {W.dtype}")
-    if not bool(torch.isfinite(W).all()):
+    if not _all_finite(W):
         raise EngineInputError(f"{fn}: kernel of shape {tuple(W.shape)} has NaN/Inf entries; fix the weights")
 
 
@@ -111,6 +131,18 @@ def _work_dtype(W: torch.Tensor) -> torch.dtype:
     return torch.float64 if W.dtype == torch.float64 else torch.float32
 
 
+def _top_eigenpairs(G: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The r largest eigenvalues (descending, (r,)) and their eigenvectors ((n, r)) of a symmetric G."""
+    n = G.shape[0]
+    if G.dtype == torch.float32 and n > _FLOAT32_EIGH_MAX_N:
+        # ssyevr computes only the wanted eigenvectors; its workspace query is rounded up by scipy.
+        values, vectors = scipy.linalg.eigh(G.numpy(), subset_by_index=[n - r, n - 1], driver="evr",
+                                            check_finite=False)
+        return torch.from_numpy(values[::-1].copy()), torch.from_numpy(vectors[:, ::-1].copy())
+    values, vectors = torch.linalg.eigh(G)                                  # ascending
+    return values.flip(0)[:r], vectors.flip(1)[:, :r]
+
+
 def _leading_left_vectors(A: torch.Tensor, r: int) -> torch.Tensor:
     """Top-r left singular vectors of a matrix, from the eigenvectors of A Aᵀ.
 
@@ -119,8 +151,7 @@ def _leading_left_vectors(A: torch.Tensor, r: int) -> torch.Tensor:
     unfoldings. Subspace error is about ε·γ₁²/gap (~1e-14 for well-separated ranks in float64); at full
     rank the factor is a full orthogonal matrix and the rewrite stays exact.
     """
-    _, eigvecs = torch.linalg.eigh(A @ A.T)                                 # ascending eigenvalues
-    return eigvecs.flip(1)[:, :r]
+    return _top_eigenpairs(gram_matrix(A), r)[1]
 
 
 def tucker2(W: torch.Tensor, r_out: int, r_in: int, n_iter: int = 2) -> Tucker2:
@@ -188,56 +219,78 @@ def svd_factors(M: torch.Tensor, r: int) -> SVDFactors:
         raise EngineInputError(f"svd_factors: needs a 2-D weight matrix (out, in), got {shape}")
     if not M.is_floating_point():
         raise EngineInputError(f"svd_factors: needs a floating-point matrix, got {M.dtype}")
-    if not bool(torch.isfinite(M).all()):
+    if not _all_finite(M):
         raise EngineInputError(f"svd_factors: matrix of shape {tuple(M.shape)} has NaN/Inf entries; fix the weights")
     out_dim, in_dim = M.shape
     r = _check_rank("svd_factors", "r", r, min(out_dim, in_dim))
     X = M.detach().to(_work_dtype(M))
+    captured = None                                                         # ‖second @ first‖² when known
     if out_dim * in_dim * min(out_dim, in_dim) <= _DIRECT_SVD_MAX_WORK:
         U, s, Vh = torch.linalg.svd(X, full_matrices=False)
         root = s[:r].sqrt()
         first = root[:, None] * Vh[:r]                                      # (r, in)
         second = U[:, :r] * root[None, :]                                   # (out, r)
     elif _KRYLOV_PASSES * (r + _oversampling(r)) <= min(out_dim, in_dim):
-        first, second = _svd_factors_by_krylov(X, r)
+        first, second, captured = _svd_factors_by_krylov(X, r)
     else:
-        first, second = _svd_factors_by_gram(X, r)
+        first, second, captured = _svd_factors_by_gram(X, r)
     return SVDFactors(
         first=first.to(M.dtype).contiguous(),
         second=second.to(M.dtype).contiguous(),
-        rel_error=_factored_relative_error(X, second, first),
+        rel_error=_projection_relative_error(X, second, first, captured),
     )
 
 
-def _svd_factors_by_gram(X: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _projection_relative_error(X: torch.Tensor, second: torch.Tensor, first: torch.Tensor,
+                               captured: float | None) -> float:
+    """‖X − second @ first‖/‖X‖ where second @ first is an orthogonal projection of X with squared
+    norm `captured` (Pythagoras: the residual's square is ‖X‖² − captured), else formed explicitly.
+
+    For fc6 at rank 1388 the explicit residual is a 4096×1388×25088 product, as much as the
+    factorisation's own Gram matrix; the shortcut is taken only where cancellation cannot matter.
+    """
+    if captured is not None:
+        norm2 = _squared_norm(X)
+        if norm2 == 0:
+            return 0.0
+        rel2 = max(norm2 - captured, 0.0) / norm2
+        if rel2 >= _ENERGY_ERROR_MIN_EPS * torch.finfo(X.dtype).eps:
+            return math.sqrt(rel2)
+    return _factored_relative_error(X, second, first)
+
+
+def _svd_factors_by_gram(X: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Rank-r factors of a large matrix from the eigenvectors of its smaller Gram matrix.
 
     A dense SVD of VGG-16's fc6 (4096×25088) with vectors takes minutes here; the Gram route costs one
     matrix product. With U_r from the Gram matrix, first = Σ^{-½} U_rᵀ X and second = U_r Σ^{½}, so
     second @ first = U_r U_rᵀ X, the projection on U_r: the product is as accurate as U_r even where
-    Vᵀ computed as Σ⁻¹ U_rᵀ X would lose digits for small σ.
+    Vᵀ computed as Σ⁻¹ U_rᵀ X would lose digits for small σ. Also returns ‖U_rᵀ X‖², the squared
+    norm of that projection.
     """
     transpose = X.shape[0] > X.shape[1]
     A = X.T if transpose else X                                             # (m, n), m <= n
-    eigvals, eigvecs = torch.linalg.eigh(A @ A.T)
-    U = eigvecs.flip(1)[:, :r]                                              # (m, r)
-    sigma = eigvals.flip(0)[:r].clamp_min(0.0).sqrt()                       # (r,)
+    eigvals, U = _top_eigenpairs(gram_matrix(A), r)                         # (r,), (m, r)
+    sigma = eigvals.clamp_min(0.0).sqrt()                                   # (r,)
     # A zero σ has a zero row in U_rᵀ A as well; its factor rows are set to 0 instead of 0/0.
     inv_root = torch.where(sigma > 0, sigma.rsqrt(), torch.zeros_like(sigma))
     left = U * sigma.sqrt()[None, :]                                        # (m, r)
-    right = inv_root[:, None] * (U.T @ A)                                   # (r, n)
+    projected = U.T @ A                                                     # (r, n)
+    captured = _squared_norm(projected)
+    right = inv_root[:, None] * projected                                   # (r, n)
     if transpose:                                                           # X = Aᵀ ≈ rightᵀ leftᵀ
-        return left.T, right.T                                              # first (r, in=m), second (out=n, r)
-    return right, left                                                      # first (r, in=n), second (out=m, r)
+        return left.T, right.T, captured                                    # first (r, in=m), second (out=n, r)
+    return right, left, captured                                            # first (r, in=n), second (out=m, r)
 
 
-def _svd_factors_by_krylov(X: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _svd_factors_by_krylov(X: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Rank-r factors of a large matrix from a randomised block Krylov basis (see vbmf.block_krylov).
 
     For fc6-sized layers at moderate rank this costs 6 passes of width r + oversampling instead of a
     Gram matrix (min(out, in) passes) plus a dense eigensolver. The result is the best rank-r
     approximation within the Krylov space: near-optimal (block Krylov reaches (1 + ε) of the
-    Eckart–Young error; the tests check the margin), not exactly optimal.
+    Eckart–Young error; the tests check the margin), not exactly optimal. Also returns the squared
+    norm of that projection.
     """
     transpose = X.shape[0] > X.shape[1]
     A = X.T if transpose else X                                             # (m, n), m <= n
@@ -245,13 +298,14 @@ def _svd_factors_by_krylov(X: torch.Tensor, r: int) -> tuple[torch.Tensor, torch
     # The SVD of Cᵀ from the K×K eigenproblem of CᵀC (an SVD of the n×K matrix C costs far more):
     # U_c = top-r eigenvectors, σ = √λ. As in the Gram route, second @ first = basis U_c U_cᵀ Cᵀ is
     # an orthogonal projection of A, exact however small σ gets.
-    eigvals, eigvecs = torch.linalg.eigh(C.T @ C)
-    U_c = eigvecs.flip(1)[:, :r]                                            # (K, r)
-    sigma = eigvals.flip(0)[:r].clamp_min(0.0).sqrt()                       # (r,)
+    eigvals, U_c = _top_eigenpairs(C.T @ C, r)                              # (r,), (K, r)
+    sigma = eigvals.clamp_min(0.0).sqrt()                                   # (r,)
     inv_root = torch.where(sigma > 0, sigma.rsqrt(), torch.zeros_like(sigma))
     left = (basis @ U_c) * sigma.sqrt()[None, :]                            # (m, r) = U √Σ
-    right = (C @ U_c * inv_root[None, :]).T                                 # (r, n) = Σ^{-½} U_cᵀ Cᵀ = √Σ Vᵀ
+    projected = C @ U_c                                                     # (n, r); basis orthonormal: ‖·‖ = ‖projection‖
+    right = (projected * inv_root[None, :]).T                               # (r, n) = Σ^{-½} U_cᵀ Cᵀ = √Σ Vᵀ
     left, right = left.to(X.dtype), right.to(X.dtype)
+    captured = _squared_norm(projected)
     if transpose:                                                           # X = Aᵀ ≈ rightᵀ leftᵀ
-        return left.T, right.T
-    return right, left
+        return left.T, right.T, captured
+    return right, left, captured

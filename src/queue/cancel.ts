@@ -19,9 +19,17 @@ export class CancelBus {
   }
 
   /** Subscribes before resolving, so a cancel published afterwards is never missed. */
-  static async connect(redisUrl: string, prefix: string, options: RedisOptions = {}): Promise<CancelBus> {
+  static async connect(
+    redisUrl: string,
+    prefix: string,
+    onError: (err: Error) => void,
+    options: RedisOptions = {},
+  ): Promise<CancelBus> {
     // A connection in subscriber mode cannot run other commands: it is dedicated to this bus.
+    // ioredis reconnects and resubscribes by itself after a Redis restart; meanwhile the workers'
+    // database poll still sees cancels.
     const subscriber = new Redis(redisUrl, { maxRetriesPerRequest: null, ...options });
+    subscriber.on('error', onError);
     const bus = new CancelBus(subscriber, cancelChannel(prefix));
     await subscriber.subscribe(bus.channel);
     return bus;

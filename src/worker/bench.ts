@@ -63,6 +63,8 @@ export interface CompressionRun {
   peakRssBytes: number;
   /** the engine's one-line summary or its error */
   message: string;
+  /** taken from an earlier run in the same work dir (--reuse): time and memory are that run's */
+  reused?: boolean;
   output: string;
   plan: string;
 }
@@ -145,7 +147,7 @@ export async function compressWithEngine(settings: BenchSettings, input: string,
     const previous = await readTiming().catch(() => null);
     if (previous && previous.exitCode === 0 && await exists(output)) {
       const message = await readFile(summary, 'utf8').catch(() => '(compressed by an earlier run)');
-      return { command, ...previous, message, output, plan };
+      return { command, ...previous, message, output, plan, reused: true };
     }
   }
   const engineArgs = ['-m', 'tuckerize', 'compress', input, '-o', output, '--plan-out', plan, ...ruleArgs(c)];
@@ -387,7 +389,7 @@ function compressionRows(results: CaseResult[]): string[] {
   ];
   for (const r of results) {
     const c = r.benchCase;
-    rows.push(`| ${c.model} | ${c.inputSize} | ${c.rule} | \`${r.compression.command}\` | ${r.compression.exitCode} | `
+    rows.push(`| ${c.model} | ${c.inputSize} | ${c.rule}${r.compression.reused ? ' ↺' : ''} | \`${r.compression.command}\` | ${r.compression.exitCode} | `
       + `${num(r.compression.wallSeconds, 1)} | ${(r.compression.peakRssBytes / 2 ** 20).toFixed(0)} | ${r.compression.message.replace(/\|/g, '/')} |`);
   }
   return rows;
@@ -426,11 +428,25 @@ function goalLines(r: BenchResults): string[] {
       + (slow.length > 0
         ? `${slow.length} of ${rows.length} layers lose more than half of their MACs gain: ${slow.map((row) => row.layer).join(', ')}.`
         : `no layer loses more than half of its MACs gain.`));
+    // Amdahl: what the rewritten layers weigh in the whole network, in CPU time (steady under load).
+    const on = r.profile!.on!;
+    const whole = r.cases.find((c) => caseLabel(c.benchCase) === caseLabel(on))?.measurement?.latency.find((l) => l.batch === 1);
+    const cpuSum = (pick: (row: LayerProfile['rows'][number]) => number | null) => rows.reduce((a, row) => a + (pick(row) ?? NaN), 0);
+    const layersBefore = cpuSum((row) => row.original.cpuMedianMs);
+    const layersAfter = cpuSum((row) => row.replacementTime.cpuMedianMs);
+    if (whole && whole.original.cpuMedianMs !== null && whole.compressed.cpuMedianMs !== null && Number.isFinite(layersBefore + layersAfter)) {
+      lines.push('', `Where the time goes (CPU time per image, batch 1): the whole network ${num(whole.original.cpuMedianMs, 1)} → `
+        + `${num(whole.compressed.cpuMedianMs, 1)} ms; its rewritten layers, timed alone, ${num(layersBefore, 1)} → ${num(layersAfter, 1)} ms; `
+        + `everything else (layers left as they were, activations, pooling, graph overhead) ${num(whole.original.cpuMedianMs - layersBefore, 1)} → `
+        + `${num(whole.compressed.cpuMedianMs - layersAfter, 1)} ms. The layers alone run in different sessions than the whole network, `
+        + `so the split is approximate.`);
+    }
   }
   return lines;
 }
 
 export function renderMarkdown(r: BenchResults): string {
+  const compressed = [...r.cases, ...(r.rules?.results.filter((c) => !r.cases.includes(c)) ?? [])];
   const out: string[] = [
     '# Benchmarks',
     '',
@@ -461,8 +477,11 @@ export function renderMarkdown(r: BenchResults): string {
     '',
     '## Compression time and peak memory',
     '',
-    ...compressionRows([...r.cases, ...(r.rules?.results.filter((c) => !r.cases.includes(c)) ?? [])]),
+    ...compressionRows(compressed),
     '',
+    ...(compressed.some((c) => c.compression.reused)
+      ? [`Rows marked ↺ were compressed by an earlier run of the harness in the same work dir (\`--reuse\`); their time and memory are from that run, on the same machine.`, '']
+      : []),
   ];
   out.push(...goalLines(r), '');
   if (r.rules) {

@@ -140,8 +140,8 @@ export function lastLine(text: string): string {
 
 /**
  * Maps the engine's exit to the outcome BullMQ needs: nothing (success), an unrecoverable bad-input
- * error, or a retryable crash. `killedBy` says the worker itself killed it (cancel/timeout), which the
- * caller reports instead.
+ * error, or a retryable crash. When the worker itself killed the engine (cancel, timeout) the caller
+ * reports that instead and does not ask this function.
  */
 export function classifyExit(exit: EngineExit): BadInputError | EngineCrashError | null {
   if (exit.code === 0) {

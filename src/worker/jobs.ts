@@ -26,6 +26,8 @@ import type { MeasurementReport, VerifyOptions } from './verify.js';
 
 /** The engine seeds torch/numpy with this, so two runs of one job give the same model. */
 export const ENGINE_SEED = 0;
+/** Claims allowed beyond BullMQ's attempts, for attempts lost with their worker. */
+const EXTRA_CLAIMS = 2;
 /** Batch timed besides batch 1 when the model's batch dimension is dynamic. */
 const DYNAMIC_BATCH = 8;
 /** How often a running job re-reads its row, in case a cancel was published while Redis was away. */
@@ -203,6 +205,8 @@ class JobRun {
   private stopping: Outcome = null;
   private kill: (() => Promise<EngineExit>) | null = null;
   private weights: Record<string, number> = stageWeights(false);
+  /** 0..100 over the whole job, as last computed. */
+  private percent = 0;
   private readonly throttle: ProgressThrottle;
 
   constructor(private readonly deps: ProcessorDeps, private readonly job: Job<CompressionJobData>) {
@@ -223,6 +227,17 @@ class JobRun {
     if (TERMINAL.has(row.status)) {
       this.log.info({ status: row.status }, 'job already finished in the database; not running it again');
       return { status: 'skipped', reason: `job is ${row.status}` };
+    }
+
+    // Each claim counts; BullMQ's own attempt counter does not see a worker that died (stalled jobs, or
+    // a job requeued from the database after Redis lost it), so a job that keeps killing its workers
+    // would otherwise run forever.
+    const maxClaims = (this.job.opts.attempts ?? 1) + EXTRA_CLAIMS;
+    if (row.attempts >= maxClaims) {
+      const message = `the job was started ${row.attempts} times without finishing (its workers died); giving up`;
+      await markFailedIfUnfinished(prisma, this.jobId, message);
+      this.log.error({ attempts: row.attempts }, message);
+      throw new UnrecoverableError(message);
     }
 
     // Claim the row only while it is still queued/running: a cancel that lands in between wins.
@@ -385,16 +400,20 @@ class JobRun {
       onStrayLine: (line) => this.log.info({ line: line.slice(0, 2000) }, 'engine stdout (not protocol)'),
     });
     this.log.info({ pid: engine.pid }, 'engine started');
-    await recordEngine(this.enginePidFile, engine.pgid, jobFile);
-    await this.event('engine', { pid: engine.pid, pgid: engine.pgid });
     this.kill = () => engine.kill();
-    this.deps.onEngineStarted?.({ jobId: this.jobId, pgid: engine.pgid, attempt: this.job.attemptsMade + 1 });
-    // A cancel that arrived while the engine was starting.
+    // A cancel or timeout that arrived while the job was being staged.
     if (this.stopping) void engine.kill();
+    this.deps.onEngineStarted?.({ jobId: this.jobId, pgid: engine.pgid, attempt: this.job.attemptsMade + 1 });
     try {
+      await recordEngine(this.enginePidFile, engine.pgid, jobFile);
+      await this.event('engine', { pid: engine.pid, pgid: engine.pgid });
       const exit = await engine.done;
       this.log.info({ code: exit.code, signal: exit.signal }, 'engine exited');
       return exit;
+    } catch (err) {
+      // Bookkeeping failed (database down): no engine may run on without a worker watching it.
+      await engine.kill();
+      throw err;
     } finally {
       this.kill = null;
     }
@@ -419,17 +438,18 @@ class JobRun {
   }
 
   private pushProgress(p: Omit<JobProgress, 'percent'>): void {
+    // A stage this worker has no weight for (a newer engine) keeps the figure where it was.
     const fraction = overallProgress(this.weights, p.stage, p.done, p.total);
-    this.throttle.push({ ...p, percent: fraction === null ? -1 : Math.round(fraction * 1000) / 10 });
+    if (fraction !== null) this.percent = Math.round(fraction * 1000) / 10;
+    this.throttle.push({ ...p, percent: this.percent });
   }
 
   /** Throttled sink: Redis (SSE listeners), the job row, and the event log. */
   private async writeProgress(p: JobProgress): Promise<void> {
-    const known = p.percent >= 0;
     await this.job.updateProgress(p);
     await this.deps.prisma.job.updateMany({
       where: { id: this.jobId, status: 'running' },
-      data: { stage: p.stage, ...(known ? { progress: p.percent / 100 } : {}) },
+      data: { stage: p.stage, progress: p.percent / 100 },
     });
     await this.event('progress', p as unknown as Prisma.InputJsonValue);
   }

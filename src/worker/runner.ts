@@ -86,7 +86,9 @@ export async function startWorker(config: Config, options: StartWorkerOptions = 
   await migrate(config.databaseUrl);
   const prisma = createPrisma(config.databaseUrl);
   const store = new ArtifactStore(config.storageDir);
-  const cancels = await CancelBus.connect(config.redisUrl, config.queuePrefix);
+  const cancels = await CancelBus.connect(config.redisUrl, config.queuePrefix, (err) =>
+    logger.warn({ err: err.message }, 'cancel subscriber: redis connection error'),
+  );
   // BullMQ workers block on Redis; ioredis must retry forever instead of failing their commands.
   const connection = new Redis(config.redisUrl, { maxRetriesPerRequest: null });
 
@@ -126,8 +128,9 @@ export async function startWorker(config: Config, options: StartWorkerOptions = 
 
   worker.on('failed', (job, err) => {
     if (!job) return;
-    // Our processor records its own failures; this catches the ones BullMQ decides alone
-    // (a job that stalled more often than maxStalledCount after worker crashes).
+    // Our processor records its own failures; this catches a failure it could not write (the database
+    // was down) on the last attempt. Jobs BullMQ fails alone for stalling too often raise no event here:
+    // requeueOrphans puts them back, and the claim limit in jobs.ts ends them.
     void job
       .getState()
       .then(async (state) => {
@@ -138,6 +141,8 @@ export async function startWorker(config: Config, options: StartWorkerOptions = 
       .catch((e: unknown) => logger.error({ jobId: job.data.jobId, err: e }, 'could not reconcile a failed job'));
   });
   worker.on('error', (err) => logger.error({ err }, 'worker error'));
+  // A stalled job's worker died (or blocked its event loop); BullMQ hands the job to a worker again.
+  worker.on('stalled', (jobId) => logger.warn({ jobId }, 'job stalled; BullMQ moves it back to the queue'));
   await worker.waitUntilReady();
   logger.info({ concurrency: config.workerConcurrency, prefix: config.queuePrefix }, 'worker ready');
 
