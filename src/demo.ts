@@ -238,7 +238,7 @@ export function formatTable1(report: Json): string {
     );
   }
   const est = rec(rec(m.energy).original);
-  if (typeof est.statement === 'string') lines.push(`energy: ESTIMATE — ${est.statement}`);
+  if (typeof est.statement === 'string') lines.push(`energy is an ESTIMATE, not a measurement: ${est.statement}`);
   if (accuracy.samples !== undefined) {
     lines.push(`top-1: ${String(accuracy.samples)} held-out images (${String(accuracy.split ?? 'held-out split')})`);
   }

@@ -50,6 +50,14 @@ test('without a plan, a two-node chain with a spatial first kernel is recognised
   assert.deepEqual(profile.rows[0]!.macs, { original: 55_296, replacement: 27_648 + 8_192, ratio: 55_296 / 35_840 });
 });
 
+test('constant inputs computed by other nodes (shared biases behind Identity) travel with the layer', async () => {
+  const profile = await profileLayers({
+    originalPath: join(dir, 'tiny_sharedbias.onnx'), compressedPath: join(dir, 'tiny_lowrank.onnx'), threads: 1, runs: 20, warmup: 0, seed: 5,
+  });
+  assert.deepEqual(profile.rows.map((r) => r.layer), ['conv2', 'fc']);
+  assert.equal(profile.rows[0]!.macs.original, 73_728);
+});
+
 test('plan.json labels rows with ranks and names the layers it kept', async () => {
   const planPath = join(dir, 'plan.json');
   await writeFile(planPath, JSON.stringify({
@@ -70,7 +78,7 @@ test('plan.json labels rows with ranks and names the layers it kept', async () =
 
 test('a replacement that cannot be isolated is reported with the reason', async () => {
   const compressed = await readOnnxModel(join(dir, 'tiny_lowrank.onnx'));
-  assert.equal(replacementChain(compressed, 'r1', 'missing'), 'no node of the compressed graph produces missing');
+  assert.equal(replacementChain(compressed, 'r1', 'missing'), 'no node of the graph produces missing');
   assert.match(String(replacementChain(compressed, 'x', 'y')), /more than 8 nodes lie between x and y/);
   const chain = replacementChain(compressed, 'f', 'y');
   assert.ok(Array.isArray(chain));

@@ -1,4 +1,4 @@
-"""Command line: `python3 -m tuckerize analyze|compress|run`.
+"""Command line: `python3 -m tuckerize analyze|compress|candidates|run`.
 
 Exit codes: 0 ok; 2 bad input (one line on stderr, never worth retrying); 1 a bug (traceback on
 stderr). Files are written atomically: a temp file in the target directory, then os.replace.
@@ -79,6 +79,11 @@ def _add_rule_arguments(parser: argparse.ArgumentParser, default_rule: str) -> N
                         help="weakened EVBMF ranks r = r_full - w*(r_full - r_evbmf), w in (0, 1]")
     parser.add_argument("--target-macs", type=_fraction, help="rule budget: fraction of the MACs to keep")
     parser.add_argument("--target-params", type=_fraction, help="rule budget: fraction of the params to keep")
+    parser.add_argument("--target-latency", type=_fraction,
+                        help="rule latency: the compressed/original latency to aim at (recorded beside the "
+                             "predicted ratio; the worker adjusts --target-macs towards it)")
+    parser.add_argument("--latency-table", metavar="latency-table.json",
+                        help="rule latency: per-layer timings the worker measured on `candidates` output")
     parser.add_argument("--round-to", type=int, metavar="K", help="round ranks up to multiples of K")
     parser.add_argument("--force", action="store_true",
                         help="rewrite layers even when that does not shrink them (exactness checks)")
@@ -86,7 +91,8 @@ def _add_rule_arguments(parser: argparse.ArgumentParser, default_rule: str) -> N
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tuckerize", description="Tucker/EVBMF compression of ONNX CNNs (Kim et al. 2016)")
-    commands = parser.add_subparsers(dest="command", metavar="{analyze,compress,run}", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="{analyze,compress,candidates,run}",
+                                     parser_class=_Parser)
     commands.required = True
 
     analyze = commands.add_parser("analyze", help="per-layer EVBMF ranks, shapes, params and MACs")
@@ -105,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="print where the time went (SVDs, σ² searches, HOOI, graph writing) as JSON")
     compress.set_defaults(func=_compress)
 
+    candidates = commands.add_parser(
+        "candidates", help="per rewritten layer: the original node and its replacement as standalone models "
+                           "(for timing in onnxruntime), plus candidates.json")
+    candidates.add_argument("model", help="input .onnx")
+    candidates.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    _add_rule_arguments(candidates, "vbmf")
+    candidates.add_argument("--hooi-iters", type=int, default=2, help="HOOI sweeps after HOSVD (default 2)")
+    candidates.set_defaults(func=_candidates)
+
     run = commands.add_parser("run", help="run a job.json (the worker's entry point; JSON lines on stdout)")
     run.add_argument("job", help="job.json")
     run.set_defaults(func=_run)
@@ -112,10 +127,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plan_from_args(model, args, **extra):
+    from .candidates import read_latency_table
     from .plan import make_plan
+    table = read_latency_table(args.latency_table) if args.latency_table else None
     return make_plan(model, args.input_shape, rule=args.rule, ratio=args.ratio, force=args.force,
                      strength=args.strength, round_to=args.round_to, target_macs=args.target_macs,
-                     target_params=args.target_params, **extra)
+                     target_params=args.target_params, latency_table=table,
+                     target_latency=args.target_latency, **extra)
+
+
+def _candidates(args) -> int:
+    from .candidates import CANDIDATES_FILE, write_candidates
+    from .onnx_graph import load_model
+    model = load_model(args.model)
+    plan = _plan_from_args(model, args)
+    manifest = write_candidates(model, plan, args.output, hooi_iters=args.hooi_iters)
+    print(json.dumps({"candidates": os.path.join(args.output, CANDIDATES_FILE), "layers": len(manifest["layers"]),
+                      "kept": len(manifest["kept"]), "macsRatio": plan.totals["macs"]["ratio"]}))
+    return EXIT_OK
 
 
 def _analyze(args) -> int:
@@ -226,6 +255,11 @@ def format_plan_table(plan) -> str:
     if "target" in totals:
         lines.append(f"target {totals['target']['metric']} {totals['target']['ratio']}: achieved "
                      f"{totals['target']['achieved']:.4f}")
+    latency = totals.get("latency")
+    if latency and latency.get("predictedRatio") is not None:
+        target = f" (target {latency['targetRatio']})" if latency.get("targetRatio") is not None else ""
+        lines.append(f"latency (onnxruntime, {latency['basis']}): predicted x{latency['predictedRatio']:.3f}{target}; "
+                     f"{len(latency['keptSlow'])} layer(s) kept as not {latency['minSpeedup']}x faster")
     return "\n".join(lines)
 
 

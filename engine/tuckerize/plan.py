@@ -7,7 +7,11 @@ carries it out. Rank rules:
   ratio  — every rank = ceil(ratio · dim);
   budget — one knob over all layers (ranks.py: weakened EVBMF, then below EVBMF) searched so the
            whole model's MACs (or params) land within 2 % of the target fraction of the original;
-  strength (with vbmf) — the same weakening at a given w ∈ (0, 1] (MUSCO, Gusak et al. 2019).
+  strength (with vbmf) — the same weakening at a given w ∈ (0, 1] (MUSCO, Gusak et al. 2019);
+  latency — the budget ranks (or EVBMF ranks without targetMacs), then every layer whose replacement
+           ONNX Runtime measured as less than 5 % faster than the original node is kept, and the MACs
+           target is re-balanced over the remaining layers. The measurements come from the worker
+           (candidates.py writes the per-layer models, src/worker/latency.ts times them).
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ KINDS = ("tucker2", "tucker1", "svd", "keep")
 # almost nothing and the first 1×1 conv would run at full input resolution (the RGB/grey stem).
 TUCKER1_MAX_IN_CHANNELS = 4
 BUDGET_TOLERANCE = 0.02
+# The latency rule rewrites a layer only when its replacement is at least this many times as fast.
+LATENCY_MIN_SPEEDUP = 1.05
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -357,13 +363,23 @@ def _totals(layers: list[LayerPlan], params_before: int, macs_before: int) -> di
     }
 
 
-def _validate_options(rule, ratio, strength, target_macs, target_params, round_to):
+def _validate_options(rule, ratio, strength, target_macs, target_params, round_to,
+                      latency_table=None, target_latency=None):
     if rule not in RULES:
-        raise EngineInputError(f"rule {rule!r} is not one of vbmf, ratio, budget")
-    if rule == "latency":
+        raise EngineInputError(f"rule {rule!r} is not one of {', '.join(RULES)}")
+    if rule == "latency" and latency_table is None:
         raise EngineInputError(
-            "rule 'latency' needs per-layer timings from onnxruntime and is not available in this engine "
-            "build; use rule 'budget' with targetMacs instead")
+            "rule 'latency' needs per-layer timings from onnxruntime: the worker must time candidates first "
+            "(python3 -m tuckerize candidates IN.onnx -o DIR, then latency-table.json from the worker) and pass "
+            "it as options.latencyTable / --latency-table; or use rule 'budget' with targetMacs")
+    if latency_table is not None and rule != "latency":
+        raise EngineInputError(f"a latency table applies only to rule 'latency' (rule is {rule!r})")
+    if target_latency is not None:
+        if rule != "latency":
+            raise EngineInputError(f"targetLatency needs rule 'latency' (rule is {rule!r})")
+        if not (isinstance(target_latency, (int, float)) and 0 < target_latency < 1):
+            raise EngineInputError(
+                f"targetLatency is the fraction of the original latency to reach, in (0, 1); got {target_latency!r}")
     if rule == "ratio":
         if ratio is None:
             raise EngineInputError("rule 'ratio' needs a ratio in (0, 1], e.g. --ratio 0.5")
@@ -383,16 +399,143 @@ def _validate_options(rule, ratio, strength, target_macs, target_params, round_t
             raise EngineInputError("rule 'budget' needs exactly one of targetMacs or targetParams (a fraction in (0, 1))")
         if strength is not None:
             raise EngineInputError("rule 'budget' chooses the strength itself; drop strength")
+    elif rule == "latency":
+        if target_params is not None:
+            raise EngineInputError("rule 'latency' re-balances a MACs target: use targetMacs, not targetParams")
+        if target_macs is not None and strength is not None:
+            raise EngineInputError("rule 'latency' with targetMacs chooses the strength itself; drop strength")
     elif target_macs is not None or target_params is not None:
-        raise EngineInputError(f"targetMacs/targetParams need rule 'budget' (rule is {rule!r})")
+        raise EngineInputError(f"targetMacs/targetParams need rule 'budget' or 'latency' (rule is {rule!r})")
     if round_to is not None and not (isinstance(round_to, int) and round_to >= 1):
         raise EngineInputError(f"roundTo must be a positive integer, got {round_to!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The latency rule's measurements (latency-table.json, written by the worker's latency.ts)
+
+@dataclass(frozen=True)
+class LayerTiming:
+    """One layer's original node and replacement chain, timed interleaved in ONNX Runtime."""
+    name: str
+    orig_ms: float
+    repl_ms: float
+    kind: Optional[str]
+    ranks: Optional[list[int]]
+    input_shape: Optional[list[int]]
+    macs_after: Optional[int]         # of the replacement as timed, to rescale to other ranks
+
+    @property
+    def speedup(self) -> float:
+        return self.orig_ms / self.repl_ms
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    layers: dict[str, LayerTiming]
+    model_ms: Optional[float]         # the whole original model, same input shape and threads
+    threads: Optional[int]
+    runs: Optional[int]
+    ort_version: Optional[str]
+
+    @classmethod
+    def from_dict(cls, data) -> "LatencyTable":
+        def positive(value, where: str) -> float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise EngineInputError(f"latency table: {where} must be a positive number of milliseconds, got "
+                                       f"{json.dumps(value)[:60]}")
+            return float(value)
+
+        if not isinstance(data, dict) or not isinstance(data.get("layers"), dict):
+            raise EngineInputError("latency table must be an object with 'layers': {name: {origMs, replMs}}, as "
+                                   "src/worker/latency.ts writes it")
+        layers = {}
+        for name, entry in data["layers"].items():
+            if not isinstance(entry, dict):
+                raise EngineInputError(f"latency table: layer {name!r} must be an object with origMs and replMs")
+            macs = entry.get("macs") if isinstance(entry.get("macs"), dict) else {}
+            macs_after = macs.get("after")
+            ranks = entry.get("ranks")
+            shape = entry.get("inputShape")
+            layers[name] = LayerTiming(
+                name=name, orig_ms=positive(entry.get("origMs"), f"layers[{name!r}].origMs"),
+                repl_ms=positive(entry.get("replMs"), f"layers[{name!r}].replMs"),
+                kind=entry.get("kind") if isinstance(entry.get("kind"), str) else None,
+                ranks=[int(r) for r in ranks] if isinstance(ranks, list) else None,
+                input_shape=[int(d) for d in shape] if isinstance(shape, list) else None,
+                macs_after=int(macs_after) if isinstance(macs_after, int) and macs_after > 0 else None)
+        model = data.get("model")
+        model_ms = None
+        if isinstance(model, dict) and model.get("origMs") is not None:
+            model_ms = positive(model["origMs"], "model.origMs")
+        threads, runs = data.get("threads"), data.get("runs")
+        return cls(layers=layers, model_ms=model_ms,
+                   threads=threads if isinstance(threads, int) else None,
+                   runs=runs if isinstance(runs, int) else None,
+                   ort_version=data.get("ortVersion") if isinstance(data.get("ortVersion"), str) else None)
+
+
+def _shape_text(shape) -> str:
+    return "×".join(str(d) for d in shape) if shape else "its input shape"
+
+
+def slow_layer_reason(timing: LayerTiming) -> str:
+    return (f"replacement only {timing.speedup:.2f}× as fast in ONNX Runtime ({timing.orig_ms:.3g} ms → "
+            f"{timing.repl_ms:.3g} ms at {_shape_text(timing.input_shape)}); kept")
+
+
+def _estimated_replacement_ms(entry: LayerPlan, timing: LayerTiming) -> tuple[float, bool]:
+    """(ms, estimated): the measured time, rescaled by MACs when the plan's ranks differ from the timed ones."""
+    if timing.ranks == list(entry.ranks) or timing.macs_after is None or not entry.macs_after:
+        return timing.repl_ms, False
+    return timing.repl_ms * entry.macs_after / timing.macs_after, True
+
+
+def predict_latency(entries: list[LayerPlan], table: LatencyTable, target_latency: Optional[float] = None) -> dict:
+    """Predicted compressed/original latency from the table.
+
+    Kept layers cost their measured original time, rewritten ones their measured (or MACs-rescaled)
+    replacement time. With the whole model's time in the table the untimed remainder (other ops and
+    untimed layers: model time − Σ timed originals) is added unchanged to both sides; without it the
+    ratio covers the timed layers only. An estimate: layers run alone are not layers in a graph.
+    """
+    timed_before = timed_after = 0.0
+    rescaled, untimed = [], []
+    for entry in entries:
+        timing = table.layers.get(entry.name)
+        if timing is None:
+            if entry.kind != "keep":
+                untimed.append(entry.name)
+            continue
+        timed_before += timing.orig_ms
+        if entry.kind == "keep":
+            timed_after += timing.orig_ms
+        else:
+            ms, estimated = _estimated_replacement_ms(entry, timing)
+            timed_after += ms
+            if estimated:
+                rescaled.append(entry.name)
+    # Layers timed alone can add up to more than the whole model (no cache shared with neighbours, a
+    # session call each); the remainder is then 0 and the ratio is that of the timed layers.
+    remainder = max(table.model_ms - timed_before, 0.0) if table.model_ms is not None else 0.0
+    before, after = remainder + timed_before, remainder + timed_after
+    ratio = after / before if before > 0 else None
+    original_ms = table.model_ms if table.model_ms is not None else timed_before
+    return {
+        "source": "onnxruntime-node", "threads": table.threads, "runs": table.runs, "ortVersion": table.ort_version,
+        "basis": "model" if table.model_ms is not None else "timed-layers",
+        "originalMs": original_ms, "predictedMs": None if ratio is None else ratio * original_ms,
+        "timedLayersMs": {"before": timed_before, "after": timed_after},
+        "predictedRatio": ratio, "targetRatio": target_latency,
+        "minSpeedup": LATENCY_MIN_SPEEDUP,
+        "rescaled": rescaled, "untimed": untimed,
+    }
 
 
 def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = None, rule: str = "vbmf",
               ratio: Optional[float] = None, force: bool = False, strength: Optional[float] = None,
               round_to: Optional[int] = None, target_macs: Optional[float] = None,
-              target_params: Optional[float] = None,
+              target_params: Optional[float] = None, latency_table: Optional[dict] = None,
+              target_latency: Optional[float] = None,
               tucker1_max_in_channels: int = TUCKER1_MAX_IN_CHANNELS, with_evbmf: Optional[bool] = None,
               progress: Optional[ProgressFn] = None, timings: Optional[dict] = None,
               shapes: Optional[dict] = None, layers: Optional[list[Layer]] = None) -> Plan:
@@ -401,8 +544,11 @@ def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = Non
     with_evbmf: compute EVBMF ranks also for rule 'ratio' (analyze shows them); default only when
     the rule needs them. progress(done, total, layer_name) is called after each layer's analysis.
     timings (a dict) accumulates seconds under 'svd' and 'sigma2' when given.
+    latency_table: the worker's latency-table.json as parsed JSON (rule 'latency' only);
+    target_latency is recorded beside the predicted latency ratio (the worker iterates targetMacs on it).
     """
-    _validate_options(rule, ratio, strength, target_macs, target_params, round_to)
+    _validate_options(rule, ratio, strength, target_macs, target_params, round_to, latency_table, target_latency)
+    table = LatencyTable.from_dict(latency_table) if rule == "latency" else None
     fixed = resolve_input_shapes(model, input_shape)
     if shapes is None:
         shapes = infer_shapes(model, input_shape)
@@ -428,11 +574,28 @@ def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = Non
             progress(done, len(layers), layer.name)
 
     options = {"ratio": ratio, "strength": strength, "roundTo": round_to, "force": force,
-               "targetMacs": target_macs, "targetParams": target_params}
-    if rule == "budget":
+               "targetMacs": target_macs, "targetParams": target_params, "targetLatency": target_latency}
+    slow: list[str] = []
+    if rule == "budget" or (rule == "latency" and target_macs is not None):
         entries, achieved_strength = _budget_entries(layers, candidates, constants, metrics, target_macs,
                                                      target_params, round_to, force)
+        if rule == "latency":
+            slow = _slow_layers(entries, table)
+            if slow:
+                # The kept layers' MACs now count as fixed: the rest carry the whole target.
+                entries, achieved_strength = _rebalance(layers, candidates, constants, metrics, target_macs,
+                                                        round_to, force, slow, table)
         options["achievedStrength"] = achieved_strength
+    elif rule == "latency":
+        entries = [_base_entry(layer, _bias_params(layer, constants)) if candidate is None
+                   else _plan_layer(candidate, "vbmf", None, strength, round_to, force)
+                   for layer, candidate in zip(layers, candidates)]
+        slow = _slow_layers(entries, table)
+        for index, entry in enumerate(entries):
+            if entry.name in slow:
+                kept = _base_entry(layers[index], candidates[index].bias_params)
+                kept.evbmf, kept.reason = entry.evbmf, slow_layer_reason(table.layers[entry.name])
+                entries[index] = kept
     else:
         entries = []
         for layer, candidate in zip(layers, candidates):
@@ -441,21 +604,53 @@ def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = Non
             else:
                 entries.append(_plan_layer(candidate, rule, ratio, strength, round_to, force))
     totals = _totals(entries, metrics.params, metrics.macs)
-    if rule == "budget":
+    if rule == "budget" or (rule == "latency" and target_macs is not None):
         key, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
         totals["target"] = {"metric": key, "ratio": target, "achieved": totals[key]["ratio"]}
+    if rule == "latency":
+        totals["latency"] = predict_latency(entries, table, target_latency) | {"keptSlow": slow}
     first_input = next(iter(fixed.values()))
     return Plan(rule=rule, options={k: v for k, v in options.items() if v is not None and v is not False}
                 | {"force": bool(force)}, input_shape=list(first_input), layers=entries, totals=totals)
 
 
-def _budget_entries(layers, candidates, constants, metrics, target_macs, target_params, round_to, force):
-    """Ranks from ranks.solve_budget over every decomposable layer, then the usual keep decisions."""
+def _rebalance(layers, candidates, constants, metrics, target_macs, round_to, force, slow, table):
+    fixed = {name: slow_layer_reason(table.layers[name]) for name in slow}
+    remaining = [c for c in candidates if c is not None and c.layer.name not in fixed]
+    if not remaining:
+        raise EngineInputError(
+            f"rule 'latency': ONNX Runtime found every rewritten layer's replacement slower than "
+            f"{LATENCY_MIN_SPEEDUP}× ({', '.join(slow[:5])}), so no layer is left to carry targetMacs "
+            f"{target_macs:g}; keep the model as it is or use rule 'budget'")
+    try:
+        return _budget_entries(layers, candidates, constants, metrics, target_macs, None, round_to, force,
+                               fixed_keep=fixed)
+    except EngineInputError as exc:
+        raise EngineInputError(
+            f"rule 'latency': after keeping {len(slow)} layer(s) whose replacement ONNX Runtime found not "
+            f"{LATENCY_MIN_SPEEDUP}× faster ({', '.join(slow[:5])}), the other layers cannot carry the MACs "
+            f"target: {exc}") from exc
+
+
+def _slow_layers(entries: list[LayerPlan], table: LatencyTable) -> list[str]:
+    """Rewritten layers whose measured replacement is not at least LATENCY_MIN_SPEEDUP× as fast."""
+    return [e.name for e in entries
+            if e.kind != "keep" and e.name in table.layers and table.layers[e.name].speedup < LATENCY_MIN_SPEEDUP]
+
+
+def _budget_entries(layers, candidates, constants, metrics, target_macs, target_params, round_to, force,
+                    fixed_keep: Optional[dict[str, str]] = None):
+    """Ranks from ranks.solve_budget over every decomposable layer, then the usual keep decisions.
+
+    fixed_keep: {layer name: reason} of layers kept whatever the ranks (the latency rule's slow ones);
+    their cost stays in the graph unchanged, so the others are solved for the whole target.
+    """
+    fixed_keep = fixed_keep or {}
     kind, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
     rank_candidates = []
     original_params = original_macs = 0
     for candidate in candidates:
-        if candidate is None:
+        if candidate is None or candidate.layer.name in fixed_keep:
             continue
         layer, keys = candidate.layer, _rank_keys(candidate.kind)
         params, macs = layer_costs(layer, "keep", [], candidate.bias_params)
@@ -480,6 +675,10 @@ def _budget_entries(layers, candidates, constants, metrics, target_macs, target_
             continue
         entry = _base_entry(layer, candidate.bias_params)
         entry.evbmf = candidate.evbmf
+        if layer.name in fixed_keep:
+            entry.reason = fixed_keep[layer.name]
+            entries.append(entry)
+            continue
         ranks = solution.ranks[layer.name]
         if ranks is None:
             tried = list(family_ranks(by_name[layer.name], solution.strength, round_to))

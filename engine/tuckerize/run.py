@@ -23,7 +23,7 @@ from .errors import EngineInputError
 
 STAGES = ("analyze", "plan", "rewrite", "finetune", "evaluate", "write")
 OPTION_KEYS = {"rule", "ratio", "strength", "targetMacs", "targetParams", "targetLatency", "roundTo", "force",
-               "inputShape", "finetune"}
+               "inputShape", "finetune", "latencyTable"}
 # Bumped when the rewrite of the same input and options would produce a different model.
 CHECKPOINT_VERSION = 1
 EXIT_TERMINATED = 128 + signal.SIGTERM
@@ -105,6 +105,11 @@ def read_job(path: str) -> dict:
         raise EngineInputError(f"job.json: options.roundTo must be an integer, got {json.dumps(round_to)}")
     if not isinstance(options.get("force", False), bool):
         raise EngineInputError("job.json: options.force must be true or false")
+    table = options.get("latencyTable")
+    if table is not None and not (isinstance(table, str) and os.path.isabs(table)):
+        raise EngineInputError(
+            f"job.json: options.latencyTable must be the absolute path of the worker's latency-table.json, got "
+            f"{json.dumps(table)[:80]}")
     finetune = options.get("finetune")
     if finetune is not None and not isinstance(finetune, dict):
         raise EngineInputError("job.json: options.finetune must be an object (or absent for no fine-tuning)")
@@ -196,7 +201,11 @@ def _pipeline(job: dict, stages: _Stages) -> None:
     if not any(layer.eligible for layer in layers):
         stages.log("no Conv/Gemm/MatMul layer of this model can be decomposed; the output equals the input", "warn")
 
-    key = _checkpoint_key(model_sha, options)
+    latency_table = None
+    if options.get("latencyTable"):
+        from .candidates import read_latency_table
+        latency_table = read_latency_table(options["latencyTable"])
+    key = _checkpoint_key(model_sha, options, latency_table)
     checkpoint = _load_checkpoint(job["workDir"], key)
     if checkpoint is not None:
         plan, compressed = checkpoint
@@ -209,7 +218,8 @@ def _pipeline(job: dict, stages: _Stages) -> None:
                 original, input_shape, rule=options.get("rule", "vbmf"), ratio=options.get("ratio"),
                 force=bool(options.get("force", False)), strength=options.get("strength"),
                 round_to=options.get("roundTo"), target_macs=options.get("targetMacs"),
-                target_params=options.get("targetParams"), shapes=shapes, layers=layers,
+                target_params=options.get("targetParams"), latency_table=latency_table,
+                target_latency=options.get("targetLatency"), shapes=shapes, layers=layers,
                 progress=lambda done, total, name: stages.progress("plan", done, total, name))
         rewritten = plan.rewritten()
         with stages.stage("rewrite", len(rewritten)):
@@ -248,8 +258,9 @@ def _pipeline(job: dict, stages: _Stages) -> None:
             "params": {"before": before.params, "after": after.params, "ratio": _ratio(after.params, before.params)},
             "macs": {"before": before.macs, "after": after.macs, "ratio": _ratio(after.macs, before.macs)},
         }
-        if "target" in plan.totals:
-            totals["target"] = plan.totals["target"]
+        for extra in ("target", "latency"):
+            if extra in plan.totals:
+                totals[extra] = plan.totals[extra]
         report = {
             "jobId": job["jobId"],
             "model": {
@@ -281,6 +292,7 @@ def _pipeline(job: dict, stages: _Stages) -> None:
             "layers": {"rewritten": len(plan.rewritten()), "kept": len(plan.layers) - len(plan.rewritten())},
             "relativeError": fidelity.get("relativeError"),
             "accuracy": accuracy,
+            "latency": totals.get("latency"),
         },
     })
 
@@ -342,9 +354,11 @@ def _fidelity(original, compressed, input_shape, seed: int, stages: _Stages) -> 
     return {"relativeError": relative, "inputShape": list(input_shape), "seed": seed, "samples": int(input_shape[0])}
 
 
-def _checkpoint_key(model_sha: str, options: dict) -> str:
-    relevant = {k: v for k, v in options.items() if k != "finetune"}
-    text = json.dumps({"model": model_sha, "options": relevant, "version": CHECKPOINT_VERSION}, sort_keys=True)
+def _checkpoint_key(model_sha: str, options: dict, latency_table: Optional[dict] = None) -> str:
+    # The table's path stays the same when a retried job re-times the candidates; its content decides.
+    relevant = {k: v for k, v in options.items() if k not in ("finetune", "latencyTable")}
+    text = json.dumps({"model": model_sha, "options": relevant, "latencyTable": latency_table,
+                       "version": CHECKPOINT_VERSION}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -88,29 +88,29 @@ function producers(model: OnnxModelInfo): Map<string, OnnxNode> {
 }
 
 /**
- * The compressed-graph nodes computing `output` from `input`, in graph (topological) order, or a
- * reason why the layer does not separate into such a chain.
+ * The nodes of `model` computing `output` from `input` (and initializers), in graph (topological)
+ * order, or a reason why the layer does not separate into such a chain.
  */
-export function replacementChain(compressed: OnnxModelInfo, input: string, output: string): OnnxNode[] | string {
-  const producedBy = producers(compressed);
-  const graphInputs = new Set(compressed.inputs.map((i) => i.name));
+export function replacementChain(model: OnnxModelInfo, input: string, output: string): OnnxNode[] | string {
+  const producedBy = producers(model);
+  const graphInputs = new Set(model.inputs.map((i) => i.name));
   const chain = new Set<OnnxNode>();
   const pending = [output];
   while (pending.length > 0) {
     const tensor = pending.pop()!;
-    if (tensor === input || tensor === '' || compressed.initializers.has(tensor)) continue;
+    if (tensor === input || tensor === '' || model.initializers.has(tensor)) continue;
     const node = producedBy.get(tensor);
     if (!node) {
       return graphInputs.has(tensor)
         ? `the replacement of ${output} also reads graph input ${tensor}`
-        : `no node of the compressed graph produces ${tensor}`;
+        : `no node of the graph produces ${tensor}`;
     }
     if (chain.has(node)) continue;
     chain.add(node);
     if (chain.size > MAX_CHAIN_NODES) return `more than ${MAX_CHAIN_NODES} nodes lie between ${input} and ${output}`;
     pending.push(...node.inputs);
   }
-  return compressed.nodes.filter((n) => chain.has(n));
+  return model.nodes.filter((n) => chain.has(n));
 }
 
 /** Without a plan: 3 compute nodes are Tucker-2; 2 are Tucker-1 when the first has a spatial kernel, else SVD. */
@@ -184,8 +184,15 @@ export async function profileLayers(options: ProfileOptions): Promise<LayerProfi
       skipped.push({ layer: label, reason: `no shape observed for its input ${x}` });
       continue;
     }
+    // The same walk on the original picks up the node plus whatever computes its constant inputs
+    // (exporters share equal biases through Identity nodes).
+    const originalChain = replacementChain(original, x, y);
+    if (typeof originalChain === 'string') {
+      skipped.push({ layer: label, reason: `in the original graph: ${originalChain}` });
+      continue;
+    }
     const input = { name: x, elemType: ONNX_FLOAT, shape: xShape.dims };
-    const originalBytes = buildSubgraphModel(original, [node], [input], [y]);
+    const originalBytes = buildSubgraphModel(original, originalChain, [input], [y]);
     const chainBytes = buildSubgraphModel(compressed, chain, [input], [y]);
     const layerFeeds = {
       [x]: new ort.Tensor('float32', fillNormal(new Float32Array(xShape.dims.reduce((a, b) => a * b, 1)), uniform), xShape.dims),
@@ -205,7 +212,7 @@ export async function profileLayers(options: ProfileOptions): Promise<LayerProfi
         opType: node.opType,
         kind: entry?.kind ?? inferKind(compressed, chain),
         ranks: entry?.ranks ?? null,
-        replacement: chain.map((n) => n.name || n.opType),
+        replacement: chain.filter((n) => COMPUTE_OPS.has(n.opType)).map((n) => n.name || n.opType),
         inputShape: xShape.dims,
         macs: { original: macsOriginal, replacement: macsReplacement, ratio: macsRatio },
         original: originalStats,

@@ -1,0 +1,135 @@
+"""Per-layer candidate models for the latency rule: ONNX Runtime (in the worker) is the judge.
+
+For every layer a plan would rewrite, two standalone models at the layer's real input shape:
+  <stem>.orig.onnx — the single original node with its weight (and bias) as initializers;
+  <stem>.repl.onnx — that model carried through surgery.rewrite: the replacement chain.
+candidates.json lists them; the worker times each pair interleaved with onnxruntime-node and writes
+latency-table.json beside it, which plan.make_plan(rule='latency') reads back (read_latency_table).
+
+The replacement is made by the same surgery as the real rewrite, on a one-node model whose node
+carries the layer's label as its name, so the plan entry applies to it unchanged.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from typing import Optional
+
+import onnx
+from onnx import helper
+
+from .errors import EngineInputError
+from .onnx_graph import constant_tensors, default_opset, node_labels
+from .plan import LayerPlan, Plan
+from .surgery import rewrite
+
+CANDIDATES_FILE = "candidates.json"
+LATENCY_TABLE_FILE = "latency-table.json"
+CANDIDATES_VERSION = 1
+
+
+def layer_file_stem(index: int, name: str) -> str:
+    """A file name for a layer: ONNX names may hold '/', ':' and spaces (torch exports: '/features/0/Conv')."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "layer"
+    return f"{index:03d}_{safe[:80]}"
+
+
+def single_layer_model(model: onnx.ModelProto, entry: LayerPlan) -> onnx.ModelProto:
+    """The planned layer's node alone, fed at entry.input_shape, with its constant inputs as initializers."""
+    labels = node_labels(model)
+    try:
+        node = model.graph.node[labels.index(entry.name)]
+    except ValueError:
+        raise EngineInputError(f"layer {entry.name!r} of the plan is not a node of this model; re-plan for it")
+    if entry.input_shape is None or any(not isinstance(d, int) or d <= 0 for d in entry.input_shape):
+        raise EngineInputError(
+            f"layer {entry.name!r} ({entry.op}): its input shape {entry.input_shape} is not fully known, so it "
+            "cannot be timed on its own; give the input size (inputShape / --input-shape)")
+    constants = constant_tensors(model)
+    initializers = []
+    for name in list(node.input)[1:]:
+        if not name:
+            continue
+        if name not in constants:
+            raise EngineInputError(f"layer {entry.name!r} ({entry.op}): input {name!r} is not a constant")
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(constants[name])
+        tensor.name = name
+        initializers.append(tensor)
+    elem_type = constants[node.input[1]].data_type
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    copy.name = entry.name
+    x, y = node.input[0], node.output[0]
+    out_shape = entry.output_shape if entry.output_shape and all(isinstance(d, int) for d in entry.output_shape) \
+        else None
+    graph = helper.make_graph(
+        [copy], f"{entry.name} alone",
+        [helper.make_tensor_value_info(x, elem_type, list(entry.input_shape))],
+        [helper.make_tensor_value_info(y, elem_type, out_shape)], initializers)
+    opset = default_opset(model)
+    single = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tuckerize")
+    # The original's IR version keeps the pair readable by the same runtimes as the model itself.
+    single.ir_version = max(model.ir_version, 4)
+    return single
+
+
+def write_candidates(model: onnx.ModelProto, plan: Plan, out_dir: str, hooi_iters: int = 2,
+                     progress=None) -> dict:
+    """Write every rewritten layer's original/replacement pair and candidates.json into out_dir."""
+    from .cli import atomic_write_bytes, atomic_write_json
+
+    os.makedirs(out_dir, exist_ok=True)
+    rewritten = plan.rewritten()
+    layers = []
+    for index, entry in enumerate(rewritten):
+        original = single_layer_model(model, entry)
+        single_plan = Plan(rule=plan.rule, options=plan.options, input_shape=list(entry.input_shape),
+                           layers=[entry])
+        result = rewrite(original, single_plan, hooi_iters=hooi_iters)
+        onnx.checker.check_model(original, full_check=True)
+        onnx.checker.check_model(result.model, full_check=True)
+        stem = layer_file_stem(index, entry.name)
+        orig_file, repl_file = f"{stem}.orig.onnx", f"{stem}.repl.onnx"
+        atomic_write_bytes(os.path.join(out_dir, orig_file), original.SerializeToString())
+        atomic_write_bytes(os.path.join(out_dir, repl_file), result.model.SerializeToString())
+        feed = original.graph.input[0]
+        layers.append({
+            "name": entry.name, "op": entry.op, "kind": entry.kind, "ranks": list(entry.ranks),
+            "inputName": feed.name,
+            "dtype": "float64" if feed.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE else "float32",
+            "inputShape": list(entry.input_shape),
+            "macs": {"before": entry.macs_before, "after": entry.macs_after},
+            "params": {"before": entry.params_before, "after": entry.params_after},
+            "relError": result.rel_errors.get(entry.name),
+            "orig": orig_file, "repl": repl_file,
+        })
+        if progress is not None:
+            progress(index + 1, len(rewritten), entry.name)
+    manifest = {
+        "version": CANDIDATES_VERSION, "rule": plan.rule, "options": plan.options,
+        "inputShape": plan.input_shape, "totals": plan.totals, "layers": layers,
+        "kept": [{"name": e.name, "reason": e.reason} for e in plan.layers if e.kind == "keep"],
+    }
+    atomic_write_json(os.path.join(out_dir, CANDIDATES_FILE), manifest)
+    return manifest
+
+
+def read_latency_table(path: str) -> dict:
+    """Load latency-table.json as written by the worker (src/worker/latency.ts); validation is plan.py's."""
+    try:
+        with open(path, "rb") as handle:
+            return json.loads(handle.read().decode("utf-8"))
+    except FileNotFoundError:
+        raise EngineInputError(
+            f"latency table {path!r} does not exist; the worker writes it by timing the engine's candidates "
+            "(python3 -m tuckerize candidates) with onnxruntime-node")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EngineInputError(f"latency table {path!r} is not valid JSON: {exc}")
+
+
+def finite(value) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value) else None
