@@ -375,8 +375,10 @@ def render(records: list[dict], assets: Path, command: str) -> str:
     eval_samples = sorted({r["budget"].get("evalSamples") for r in records})
     budgets = sorted({budget_key(r["budget"]) for r in ok if r["variant"] != "none"},
                      key=lambda key: budget_order(json.loads(key)))
-    torch_version = next((r["torch"] for r in records if r.get("torch")), "(version not recorded)")
-    starts = [r["loadAverage"]["start"][0] for r in records if (r.get("loadAverage") or {}).get("start")]
+    torch_version = next((r["torch"] for r in records if r.get("torch")), "of /usr/bin/python3 (version not recorded)")
+    loads = [value[0] for r in records for value in (r.get("loadAverage") or {}).values() if value]
+    rates = [r["finetune"]["imagesPerSecond"] for r in ok if r.get("finetune")]
+    sizes = [r["accuracy"]["samples"] for r in ok if r.get("accuracy")]
     lines = [
         "## Fine-tuning: accuracy recovered (issue 4)",
         "",
@@ -388,14 +390,21 @@ def render(records: list[dict], assets: Path, command: str) -> str:
         "### CPU, this machine",
         "",
         f"CPU: {first.get('cpu', cpu_model())}, {first.get('cpuCount')} cores shared with other jobs (1-minute load "
-        + (f"average {min(starts):.1f}–{max(starts):.1f} when the runs started" if starts else "average not recorded")
+        + (f"average {min(loads):.1f}–{max(loads):.1f} at the starts and ends of the runs" if loads else "average not recorded")
         + f"); torch {torch_version} with {first.get('threads')} threads; seed {first['job']['seed']}; runs from {dates[0]} to {dates[-1]}. "
         f"Fine-tuning budgets: {'; '.join(budget_text(json.loads(key)) for key in budgets) or 'none yet'}, each with the "
         "engine's defaults (SGD, Nesterov momentum 0.9, lr 0.01, 5 % linear warm-up then cosine to 0 over the run's "
         "steps, gradient norm clipped to 5, weight decay 5e-4, distillation T = 4). Top-1/top-5 and agreement are on "
         f"the first {', '.join(f'{n:,}' for n in eval_samples)} images of the Fashion-MNIST test split, the same "
         "images in every row. Wall time counts the fine-tuning steps only (teacher forward included), as the engine's "
-        "report gives it; images/s = images seen ÷ that time.",
+        "report gives it; images/s = images seen ÷ that time"
+        + (f". Images/s ranges {min(rates):.0f}–{max(rates):.0f} across rows, mostly with the other jobs' load on "
+           "the two cores (each run's load average is in the JSONL); labels-only runs also skip the teacher's forward "
+           "pass" if rates else "")
+        + ". One seed per row; with "
+        + (f"{min(sizes):,} test images the standard error of a top-1 near 90 % is "
+           f"{100 * (0.9 * 0.1 / min(sizes)) ** 0.5:.2f} points, so gaps of about a point between variants are within noise."
+           if sizes else "no test images recorded."),
         "",
         *rows,
         "",

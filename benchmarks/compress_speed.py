@@ -133,12 +133,21 @@ def _numel(tensor) -> int:
     return n
 
 
-def measure_cli(path: Path, rule: str, target_macs: float | None, output: Path, engine: Path) -> dict:
+def child_env(engine: Path, blas_threads: int | None) -> dict:
+    """The children's environment: the engine to measure and, unless None (the libraries' default:
+    one thread per core), the BLAS/OpenMP thread count."""
+    env = dict(os.environ, PYTHONPATH=str(engine))
+    if blas_threads is not None:
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[name] = str(blas_threads)
+    return env
+
+
+def measure_cli(path: Path, rule: str, target_macs: float | None, output: Path, env: dict) -> dict:
     """`python3 -m tuckerize compress` end to end in a child: wall, CPU (user + sys), exit code."""
     command = [sys.executable, "-m", "tuckerize", "compress", str(path), "-o", str(output), "--rule", rule]
     if target_macs is not None:
         command += ["--target-macs", f"{target_macs:.6f}"]
-    env = dict(os.environ, PYTHONPATH=str(engine))
     with tempfile.TemporaryFile() as stderr:
         start = time.perf_counter()
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -154,18 +163,20 @@ def measure_cli(path: Path, rule: str, target_macs: float | None, output: Path, 
             "max_rss_mib": usage.ru_maxrss / 1024}
 
 
-def run_case(name: str, size: int, rule: str, target: float | None, engine: Path, workdir: Path) -> dict:
+def run_case(name: str, size: int, rule: str, target: float | None, engine: Path, workdir: Path,
+             blas_threads: int | None = None) -> dict:
     """Both measurements of one case, each in a fresh child process (no shared caches or heap)."""
+    env = child_env(engine, blas_threads)
     path = model_path(name, size)
     target_macs = target if rule == "budget" else None
     output = workdir / f"{name}-{size}-{rule}.onnx"
     child = [sys.executable, __file__, "--stages", str(path), rule, json.dumps(target_macs), str(output)]
-    proc = subprocess.run(child, env=dict(os.environ, PYTHONPATH=str(engine)), capture_output=True, text=True)
+    proc = subprocess.run(child, env=env, capture_output=True, text=True)
     if proc.returncode == 0:
         stages = json.loads(proc.stdout.strip().splitlines()[-1])
     else:
         stages = {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
-    cli = measure_cli(path, rule, target_macs, output, engine)
+    cli = measure_cli(path, rule, target_macs, output, env)
     for leftover in (output,):
         if leftover.exists():
             leftover.unlink()
@@ -290,6 +301,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json-out", type=Path, help="also write the raw results here")
     parser.add_argument("--no-write", action="store_true", help="do not edit BENCHMARKS.md")
     parser.add_argument("--networks", help="comma-separated subset of the full cases")
+    parser.add_argument("--blas-threads", type=int,
+                        help="OPENBLAS/OMP/MKL_NUM_THREADS for the measured processes: 1 gives CPU times that "
+                             "a loaded machine inflates least (no spinning threads waiting for a core)")
     parser.add_argument("--from-json", type=Path, help="render a saved run (--json-out) instead of measuring")
     parser.add_argument("--compare", type=Path, help="a saved run of the engine before a change: adds a before/after table")
     parser.add_argument("--compare-label", default="the engine before the change", help="what --compare measured")
@@ -314,12 +328,13 @@ def main(argv=None) -> int:
     if args.networks:
         wanted = set(args.networks.split(","))
         cases = [c for c in cases if c[0] in wanted]
-    env = environment("OpenBLAS may add its own threads for the large products")
+    env = environment("OpenBLAS: default threads (one per core)" if args.blas_threads is None
+                      else f"BLAS/OpenMP threads limited to {args.blas_threads}")
     results = []
     with tempfile.TemporaryDirectory(prefix="compress-speed-") as tmp:
         for name, size, target in cases:
             for rule in ("vbmf", "budget"):
-                result = run_case(name, size, rule, target, args.engine.resolve(), Path(tmp))
+                result = run_case(name, size, rule, target, args.engine.resolve(), Path(tmp), args.blas_threads)
                 results.append(result)
                 print(json.dumps(result), file=sys.stderr, flush=True)
     payload = {"environment": env, "engine": str(args.engine), "results": results}

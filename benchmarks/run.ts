@@ -97,5 +97,7 @@ const results: BenchResults = values['from-json']
   : await runBenchmarks(settings, plan);
 await mkdir(path.dirname(out), { recursive: true });
 await writeFile(out, renderMarkdown(results));
-if (!values['from-json']) await writeFile(json, JSON.stringify(results, null, 2));
+// Per-node MAC lists would make the file hundreds of kilobytes; the totals and timings stay.
+const withoutPerNode = (key: string, value: unknown) => (key === 'perNode' ? undefined : value);
+if (!values['from-json']) await writeFile(json, JSON.stringify(results, withoutPerNode, 2));
 process.stderr.write(`[bench] wrote ${out}\n`);

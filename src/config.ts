@@ -26,6 +26,8 @@ const configSchema = z.object({
   ENGINE_DIR: z.string().min(1).default(path.join(defaultRepoRoot, 'engine')),
   WORKER_CONCURRENCY: intFromEnv(1, 1),
   JOB_TIMEOUT_MS: intFromEnv(2 * 60 * 60 * 1000, 1000),
+  WORKER_LOCK_DURATION_MS: intFromEnv(30_000, 1000),
+  WORKER_STALLED_INTERVAL_MS: intFromEnv(30_000, 1000),
   MAX_MODEL_BYTES: intFromEnv(600 * MB, 1),
   MAX_DATASET_BYTES: intFromEnv(1024 * MB, 1),
   QUEUE_PREFIX: z
@@ -51,6 +53,10 @@ export interface Config {
   engineDir: string;
   workerConcurrency: number;
   jobTimeoutMs: number;
+  /** BullMQ lock of a running job; a worker that dies loses it after this long and the job is handed on. */
+  workerLockDurationMs: number;
+  /** How often BullMQ looks for jobs whose lock expired (stalled: their worker died). */
+  workerStalledIntervalMs: number;
   maxModelBytes: number;
   maxDatasetBytes: number;
   queuePrefix: string;
@@ -91,6 +97,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     engineDir: path.resolve(e.ENGINE_DIR),
     workerConcurrency: e.WORKER_CONCURRENCY,
     jobTimeoutMs: e.JOB_TIMEOUT_MS,
+    workerLockDurationMs: e.WORKER_LOCK_DURATION_MS,
+    workerStalledIntervalMs: e.WORKER_STALLED_INTERVAL_MS,
     maxModelBytes: e.MAX_MODEL_BYTES,
     maxDatasetBytes: e.MAX_DATASET_BYTES,
     queuePrefix: e.QUEUE_PREFIX,

@@ -8,7 +8,11 @@ const config = loadConfig();
 const logger = pino({ level: config.logLevel, base: { service: 'worker' } });
 
 try {
-  const running = await startWorker(config, { logger });
+  const running = await startWorker(config, {
+    logger,
+    lockDurationMs: config.workerLockDurationMs,
+    stalledIntervalMs: config.workerStalledIntervalMs,
+  });
   let signals = 0;
   const onSignal = (signal: NodeJS.Signals): void => {
     signals += 1;

@@ -119,6 +119,8 @@ def test_target_out_of_reach_after_keeping_names_the_kept_layers(cnn):
     (dict(rule="latency", latency_table={"layers": []}), "'layers': {name: {origMs, replMs}}"),
     (dict(rule="latency", latency_table={"layers": {"conv2": {"origMs": 1.0, "replMs": 0}}}),
      r"layers\['conv2'\].replMs must be a positive number"),
+    (dict(rule="latency", latency_table={"layers": {"pw": {"origMs": 1, "replMs": 1, "ranks": ["x"]}}}),
+     r"layers\['pw'\].ranks must be a list of positive integers"),
     (dict(rule="latency", latency_table={"layers": {}}, target_params=0.5), "use targetMacs"),
     (dict(rule="latency", latency_table={"layers": {}}, target_latency=1.5), r"targetLatency .* in \(0, 1\)"),
     (dict(rule="budget", target_macs=0.5, target_latency=0.5), "targetLatency needs rule 'latency'"),

@@ -196,7 +196,8 @@ def test_non_finite_kernels_are_refused():
 def test_gram_route_for_large_matrices_meets_eckart_young(monkeypatch, shape, r):
     import tuckerize.tucker as tucker
 
-    monkeypatch.setattr(tucker, "_DIRECT_SVD_MAX_WORK", 0)        # take the large-matrix route
+    monkeypatch.setattr(tucker, "_DIRECT_SVD_MAX_WORK", 0)
+    monkeypatch.setattr(tucker, "_KRYLOV_MIN_WORK", 0)        # take the large-matrix route
     M = kernel(shape, 16)
     f = svd_factors(M, r)
     assert f.first.shape == (r, shape[1]) and f.second.shape == (shape[0], r)
@@ -210,6 +211,7 @@ def test_gram_route_with_zero_singular_values(monkeypatch):
     import tuckerize.tucker as tucker
 
     monkeypatch.setattr(tucker, "_DIRECT_SVD_MAX_WORK", 0)
+    monkeypatch.setattr(tucker, "_KRYLOV_MIN_WORK", 0)
     M = kernel((20, 3), 17) @ kernel((3, 45), 18)                 # rank 3
     f = svd_factors(M, 6)
     assert bool(torch.isfinite(f.first).all() and torch.isfinite(f.second).all())
@@ -231,6 +233,7 @@ def test_krylov_route_is_near_eckart_young(monkeypatch, shape):
     import tuckerize.tucker as tucker
 
     monkeypatch.setattr(tucker, "_DIRECT_SVD_MAX_WORK", 0)
+    monkeypatch.setattr(tucker, "_KRYLOV_MIN_WORK", 0)
     r = 10
     assert tucker._KRYLOV_PASSES * (r + tucker._oversampling(r)) <= min(shape)    # the Krylov route
     M = decaying_matrix(*shape, seed=19)
@@ -250,6 +253,7 @@ def test_krylov_route_on_a_flat_spectrum_and_float32(monkeypatch):
     import tuckerize.tucker as tucker
 
     monkeypatch.setattr(tucker, "_DIRECT_SVD_MAX_WORK", 0)
+    monkeypatch.setattr(tucker, "_KRYLOV_MIN_WORK", 0)
     M = kernel((200, 900), 20)
     s = torch.linalg.svdvals(M)
     ey = math.sqrt(float((s[10:] ** 2).sum() / (s**2).sum()))
@@ -290,6 +294,7 @@ def test_scipy_eigensolver_route_agrees_with_torch(monkeypatch, r):
     torch.testing.assert_close((vectors * expected_vectors).sum(0).abs(), torch.ones(r), rtol=0, atol=1e-3)
     # The whole svd_factors Gram route through scipy still meets Eckart–Young.
     monkeypatch.setattr(tucker, "_DIRECT_SVD_MAX_WORK", 0)
+    monkeypatch.setattr(tucker, "_KRYLOV_MIN_WORK", 0)
     f = svd_factors(A, r)
     s = torch.linalg.svdvals(A.to(f64))
     ey = math.sqrt(float((s[r:] ** 2).sum() / (s**2).sum()))
@@ -311,6 +316,7 @@ def test_reported_error_is_the_factors_error(monkeypatch, route, dtype, noise_fl
     import tuckerize.tucker as tucker
 
     monkeypatch.setattr(tucker, "_DIRECT_SVD_MAX_WORK", 0)
+    monkeypatch.setattr(tucker, "_KRYLOV_MIN_WORK", 0)
     g = torch.Generator().manual_seed(42)
     U, _ = torch.linalg.qr(torch.randn(200, 8, generator=g, dtype=f64))
     V, _ = torch.linalg.qr(torch.randn(900, 8, generator=g, dtype=f64))
@@ -334,3 +340,16 @@ def test_finiteness_check_survives_float64_overflow_of_the_sum():
         assert not tucker._all_finite(M)
         with pytest.raises(EngineInputError, match="NaN/Inf"):
             svd_factors(M.to(torch.float32), 2)
+
+
+@pytest.mark.parametrize("shape,r", [((300, 60), 5), ((60, 300), 60), ((120, 90), 60)])
+def test_mid_sized_matrices_take_the_exact_gram_route(shape, r):
+    # Above the dense-SVD size and below the Krylov size: the Gram route, Eckart–Young exact.
+    import tuckerize.tucker as tucker
+
+    assert tucker._DIRECT_SVD_MAX_WORK < shape[0] * shape[1] * min(shape) <= tucker._KRYLOV_MIN_WORK
+    M = kernel(shape, 44)
+    f = svd_factors(M, r)
+    U, s, Vh = torch.linalg.svd(M, full_matrices=False)
+    torch.testing.assert_close(f.second @ f.first, U[:, :r] @ torch.diag(s[:r]) @ Vh[:r], rtol=0, atol=1e-10)
+    assert f.rel_error == pytest.approx(math.sqrt(float((s[r:] ** 2).sum() / (s**2).sum())), rel=1e-9, abs=1e-12)

@@ -12,10 +12,8 @@ carries the layer's label as its name, so the plan entry applies to it unchanged
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-from typing import Optional
 
 import onnx
 from onnx import helper
@@ -128,8 +126,3 @@ def read_latency_table(path: str) -> dict:
             "(python3 -m tuckerize candidates) with onnxruntime-node")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EngineInputError(f"latency table {path!r} is not valid JSON: {exc}")
-
-
-def finite(value) -> Optional[float]:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value) else None

@@ -456,6 +456,11 @@ class LatencyTable:
             macs_after = macs.get("after")
             ranks = entry.get("ranks")
             shape = entry.get("inputShape")
+            for label, dims in (("ranks", ranks), ("inputShape", shape)):
+                if dims is not None and not (isinstance(dims, list) and all(
+                        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims)):
+                    raise EngineInputError(f"latency table: layers[{name!r}].{label} must be a list of positive "
+                                           f"integers, got {json.dumps(dims)[:60]}")
             layers[name] = LayerTiming(
                 name=name, orig_ms=positive(entry.get("origMs"), f"layers[{name!r}].origMs"),
                 repl_ms=positive(entry.get("replMs"), f"layers[{name!r}].replMs"),
@@ -619,8 +624,8 @@ def _rebalance(layers, candidates, constants, metrics, target_macs, round_to, fo
     remaining = [c for c in candidates if c is not None and c.layer.name not in fixed]
     if not remaining:
         raise EngineInputError(
-            f"rule 'latency': ONNX Runtime found every rewritten layer's replacement slower than "
-            f"{LATENCY_MIN_SPEEDUP}× ({', '.join(slow[:5])}), so no layer is left to carry targetMacs "
+            f"rule 'latency': ONNX Runtime found no rewritten layer's replacement at least "
+            f"{LATENCY_MIN_SPEEDUP}× as fast ({', '.join(slow[:5])}), so no layer is left to carry targetMacs "
             f"{target_macs:g}; keep the model as it is or use rule 'budget'")
     try:
         return _budget_entries(layers, candidates, constants, metrics, target_macs, None, round_to, force,

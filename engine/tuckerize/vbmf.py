@@ -255,7 +255,7 @@ def _refuse_non_finite(t: torch.Tensor, name: str) -> None:
         "rescale the weights")
 
 
-def _squared_norm(t: torch.Tensor) -> float:
+def squared_norm(t: torch.Tensor) -> float:
     """‖t‖²_F accumulated in float64, in row blocks so a 100M-entry float32 matrix is never copied whole."""
     rows = max(1, (1 << 22) // max(1, t.shape[1]))
     return float(sum(torch.sum(block.to(torch.float64) ** 2) for block in torch.split(t, rows)))
@@ -387,7 +387,7 @@ def evbmf(Y, sigma2: float | None = None, H: int | None = None, *, name: str = "
     if t.shape[0] > t.shape[1]:
         t = t.T
     L, M = t.shape
-    energy = _squared_norm(t)                # one pass that also detects NaN/Inf
+    energy = squared_norm(t)                # one pass that also detects NaN/Inf
     if not math.isfinite(energy):
         _refuse_non_finite(t, name)
 

@@ -70,15 +70,21 @@ const openUnit = (name: string) =>
 
 export const FinetuneOptionsSchema = z
   .object({
-    epochs: z.number().gt(0, 'finetune.epochs must be > 0').max(1000).optional(),
+    epochs: z.number().int('finetune.epochs must be a whole number').gt(0, 'finetune.epochs must be > 0').max(1000).optional(),
     steps: z.number().int().gt(0, 'finetune.steps must be a positive integer').max(10_000_000).optional(),
     lr: z.number().gt(0, 'finetune.lr must be > 0').max(10).optional(),
-    distill: z.boolean().optional(),
+    optimizer: z.enum(['sgd', 'adamw']).optional().describe('default sgd (momentum 0.9); adamw'),
+    weightDecay: z.number().min(0).max(1).optional(),
+    warmupSteps: z.number().int().min(0).optional(),
+    distill: z.boolean().optional().describe('distil from the original model (default true; works without labels)'),
     temperature: z.number().gt(0, 'finetune.temperature must be > 0').max(100).optional(),
-    alpha: z.number().min(0).max(1).optional(),
-    batchSize: z.number().int().min(1).max(4096).optional(),
-    optimizer: z.enum(['sgd', 'adamw']).optional(),
+    alpha: z.number().min(0).max(1).optional().describe('weight of the distillation loss against cross-entropy'),
+    labels: z.boolean().optional().describe('use the dataset labels for cross-entropy when present (default true)'),
+    batchSize: z.number().int().min(2, 'finetune.batchSize must be ≥ 2').max(4096).optional(),
     maxSamples: z.number().int().min(1).optional(),
+    evalSamples: z.number().int().min(1).optional(),
+    checkpointEvery: z.number().int().min(1).optional(),
+    clipGradNorm: z.number().min(0).optional(),
   })
   .strict()
   .meta({ id: 'FinetuneOptions', description: 'present = fine-tune the compressed model; absent = no fine-tuning' });
@@ -120,6 +126,9 @@ export const JobOptionsSchema = z
     }
     if (options.rule === 'latency' && options.targetLatency === undefined) {
       ctx.addIssue({ code: 'custom', path: ['targetLatency'], message: 'rule=latency needs targetLatency in (0, 1)' });
+    }
+    if (options.rule === 'ratio' && options.strength !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['strength'], message: 'strength weakens EVBMF ranks and does not apply to rule=ratio; remove strength or pick another rule' });
     }
     for (const [rule, fields] of Object.entries(RULE_FIELDS)) {
       for (const field of fields) {

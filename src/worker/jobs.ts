@@ -373,7 +373,11 @@ class JobRun {
       });
       return true;
     });
-    await this.job.updateProgress({ stage: 'done', done: 1, total: 1, percent: 100 } satisfies JobProgress);
+    // The row is final by now; if Redis lost the BullMQ job meanwhile (a restart), this update cannot land
+    // and must not turn a finished job into a retry.
+    await this.job
+      .updateProgress({ stage: 'done', done: 1, total: 1, percent: 100 } satisfies JobProgress)
+      .catch((err: unknown) => this.log.warn({ err }, 'final progress update failed; the job row is already final'));
     await this.removeJobDir();
     if (!finished) {
       this.log.info('job left the running state during its last stage (canceled); result discarded');
@@ -566,10 +570,14 @@ class JobRun {
             : 'internal';
 
     if (retryable && !lastAttempt) {
-      await prisma.job.updateMany({
+      const requeued = await prisma.job.updateMany({
         where: { id: this.jobId, status: 'running' },
         data: { status: 'queued', stage: 'retrying', errorCategory: category, errorMessage: error.message },
       });
+      if (requeued.count === 0) {
+        this.log.warn({ err: error, category }, 'attempt failed after the job row left running; nothing to retry');
+        return error;
+      }
       await this.event('retry', { category, message: error.message, attempt: this.job.attemptsMade + 1, of: attempts });
       this.log.warn({ err: error, category }, 'attempt failed; BullMQ will retry (job dir kept for the engine checkpoints)');
       return error;

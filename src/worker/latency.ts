@@ -16,8 +16,7 @@ import * as ort from 'onnxruntime-node';
 import { z } from 'zod';
 import { BadInputError, EngineCrashError, lastLine } from './engine.js';
 import {
-  fillNormal, latencyStats, MIN_TIMED_RUNS, ratioOf, seededUniform, sessionOptions, timeInterleaved,
-  type GraphOptimizationLevel, type LatencyStats,
+  fillNormal, latencyStats, MIN_TIMED_RUNS, ratioOf, seededUniform, sessionOptions, type GraphOptimizationLevel, type LatencyStats,
 } from './verify.js';
 
 export const CANDIDATES_FILE = 'candidates.json';
@@ -111,44 +110,32 @@ function randomTensor(dtype: 'float32' | 'float64', dims: number[], uniform: () 
   return dtype === 'float64' ? new ort.Tensor('float64', Float64Array.from(values), dims) : new ort.Tensor('float32', values, dims);
 }
 
-async function timeAlone(session: ort.InferenceSession, feeds: Record<string, ort.Tensor>, runs: number, warmup: number): Promise<LatencyStats> {
-  const wall: number[] = [];
-  const cpu: number[] = [];
-  for (let i = 0; i < warmup + runs; i++) {
-    const cpuStart = process.cpuUsage();
-    const start = process.hrtime.bigint();
-    const out = await session.run(feeds);
-    const ms = Number(process.hrtime.bigint() - start) / 1e6;
-    const used = process.cpuUsage(cpuStart);
-    for (const v of Object.values(out)) v.dispose();
-    if (i >= warmup) {
-      wall.push(ms);
-      cpu.push((used.user + used.system) / 1000);
-    }
-  }
-  return latencyStats(wall, cpu);
+interface Timed {
+  session: ort.InferenceSession;
+  feeds: Record<string, ort.Tensor>;
+  wallMs: number[];
+  cpuMs: number[];
 }
 
-async function timeModel(
-  modelPath: string, shape: number[], options: ort.InferenceSession.SessionOptions, runs: number, warmup: number, uniform: () => number,
-): Promise<{ model: LatencyTable['model']; note: string | null }> {
-  const session = await ort.InferenceSession.create(modelPath, options);
-  try {
-    const inputs = session.inputMetadata;
-    const first = inputs[0];
-    if (inputs.length !== 1 || !first || !first.isTensor || (first.type !== 'float32' && first.type !== 'float64')) {
-      return { model: null, note: `the model has ${inputs.length} inputs or a non-float input; only its layers were timed` };
-    }
-    const stats = await timeAlone(session, { [first.name]: randomTensor(first.type, shape, uniform) }, runs, warmup);
-    return { model: { origMs: stats.medianMs, stats }, note: null };
-  } finally {
-    await session.release();
+async function runOnce(t: Timed, record: boolean): Promise<void> {
+  const cpuStart = process.cpuUsage();
+  const start = process.hrtime.bigint();
+  const out = await t.session.run(t.feeds);
+  const wall = Number(process.hrtime.bigint() - start) / 1e6;
+  const cpu = process.cpuUsage(cpuStart);
+  for (const v of Object.values(out)) v.dispose();
+  if (record) {
+    t.wallMs.push(wall);
+    t.cpuMs.push((cpu.user + cpu.system) / 1000);
   }
 }
 
 /**
- * Times every candidate pair in `dir` interleaved (median of `runs`, after `warmup`), and the whole model
- * when given; writes DIR/latency-table.json (atomically) and returns it.
+ * Times every candidate pair in `dir`, and the whole model when given, in one interleaved loop: each round
+ * runs the model once and every pair once (alternating which side goes first), so a change in machine load
+ * hits the model and all layers alike and the untimed remainder (model − Σ originals) stays comparable.
+ * Medians of `runs` rounds after `warmup`. All sessions are open at once: memory ≈ model + its layers twice.
+ * Writes DIR/latency-table.json (atomically) and returns it.
  */
 export async function timeCandidates(dir: string, options: TimeCandidatesOptions): Promise<LatencyTable> {
   if (!(options.runs >= MIN_TIMED_RUNS)) throw new RangeError(`runs must be at least ${MIN_TIMED_RUNS}, got ${options.runs}`);
@@ -159,60 +146,84 @@ export async function timeCandidates(dir: string, options: TimeCandidatesOptions
   const graphOptimizationLevel = options.graphOptimizationLevel ?? 'all';
   const sessOpts = sessionOptions({ threads: options.threads, graphOptimizationLevel, executionMode: 'sequential' });
   const uniform = seededUniform(options.seed ?? 0);
-  const layers: Record<string, LayerTiming> = {};
-  for (const layer of candidates.layers) {
-    options.signal?.throwIfAborted();
-    const open = async (file: string) => {
-      try {
-        return await ort.InferenceSession.create(path.join(dir, file), sessOpts);
-      } catch (err) {
-        throw new EngineCrashError(`onnxruntime could not load ${file} of layer ${layer.name}: ${(err as Error).message.split('\n')[0]}`);
-      }
-    };
-    const a = await open(layer.orig);
+  const opened: ort.InferenceSession[] = [];
+  const open = async (file: string, what: string) => {
     try {
-      const b = await open(layer.repl);
-      try {
-        const feeds = { [layer.inputName]: randomTensor(layer.dtype, layer.inputShape, uniform) };
-        const t = await timeInterleaved(a, b, feeds, options.runs, options.warmup);
-        const original = latencyStats(t.a.wallMs, t.a.cpuMs);
-        const replacement = latencyStats(t.b.wallMs, t.b.cpuMs);
-        layers[layer.name] = {
-          origMs: original.medianMs,
-          replMs: replacement.medianMs,
-          speedup: original.medianMs / replacement.medianMs,
-          cpuSpeedup: ratioOf(original.cpuMedianMs, replacement.cpuMedianMs),
-          kind: layer.kind,
-          ranks: layer.ranks,
-          inputShape: layer.inputShape,
-          macs: layer.macs,
-          original,
-          replacement,
-        };
-      } finally {
-        await b.release();
-      }
-    } finally {
-      await a.release();
+      const session = await ort.InferenceSession.create(file, sessOpts);
+      opened.push(session);
+      return session;
+    } catch (err) {
+      throw new EngineCrashError(`onnxruntime could not load ${what} (${file}): ${(err as Error).message.split('\n')[0]}`);
     }
-  }
-  const whole = options.modelPath
-    ? await timeModel(options.modelPath, candidates.inputShape, sessOpts, options.runs, options.warmup, uniform)
-    : { model: null, note: 'the whole model was not timed (no modelPath); the prediction covers the timed layers only' };
-  const table: LatencyTable = {
-    version: TABLE_VERSION,
-    threads: options.threads,
-    runs: options.runs,
-    warmup: options.warmup,
-    graphOptimizationLevel,
-    ortVersion: ort.env.versions.node ?? ort.env.versions.common,
-    inputShape: candidates.inputShape,
-    model: whole.model,
-    modelNote: whole.note,
-    layers,
   };
-  await writeJsonAtomic(path.join(dir, LATENCY_TABLE_FILE), table);
-  return table;
+  const timed = (session: ort.InferenceSession, feeds: Record<string, ort.Tensor>): Timed => ({ session, feeds, wallMs: [], cpuMs: [] });
+  try {
+    const pairs: Array<{ layer: Candidates['layers'][number]; a: Timed; b: Timed }> = [];
+    for (const layer of candidates.layers) {
+      const feeds = { [layer.inputName]: randomTensor(layer.dtype, layer.inputShape, uniform) };
+      const a = await open(path.join(dir, layer.orig), `the original of layer ${layer.name}`);
+      const b = await open(path.join(dir, layer.repl), `the replacement of layer ${layer.name}`);
+      pairs.push({ layer, a: timed(a, feeds), b: timed(b, feeds) });
+    }
+    let whole: Timed | null = null;
+    let modelNote: string | null = 'the whole model was not timed (no modelPath); the prediction covers the timed layers only';
+    if (options.modelPath) {
+      const session = await open(options.modelPath, 'the original model');
+      const first = session.inputMetadata[0];
+      if (session.inputMetadata.length === 1 && first?.isTensor && (first.type === 'float32' || first.type === 'float64')) {
+        whole = timed(session, { [first.name]: randomTensor(first.type, candidates.inputShape, uniform) });
+        modelNote = null;
+      } else {
+        modelNote = `the model has ${session.inputMetadata.length} inputs or a non-float input; only its layers were timed`;
+      }
+    }
+
+    for (let round = 0; round < options.warmup + options.runs; round++) {
+      options.signal?.throwIfAborted();
+      const record = round >= options.warmup;
+      if (whole) await runOnce(whole, record);
+      for (const { a, b } of pairs) {
+        const [first, second] = round % 2 === 0 ? [a, b] : [b, a];
+        await runOnce(first, record);
+        await runOnce(second, record);
+      }
+    }
+
+    const layers: Record<string, LayerTiming> = {};
+    for (const { layer, a, b } of pairs) {
+      const original = latencyStats(a.wallMs, a.cpuMs);
+      const replacement = latencyStats(b.wallMs, b.cpuMs);
+      layers[layer.name] = {
+        origMs: original.medianMs,
+        replMs: replacement.medianMs,
+        speedup: original.medianMs / replacement.medianMs,
+        cpuSpeedup: ratioOf(original.cpuMedianMs, replacement.cpuMedianMs),
+        kind: layer.kind,
+        ranks: layer.ranks,
+        inputShape: layer.inputShape,
+        macs: layer.macs,
+        original,
+        replacement,
+      };
+    }
+    const modelStats = whole ? latencyStats(whole.wallMs, whole.cpuMs) : null;
+    const table: LatencyTable = {
+      version: TABLE_VERSION,
+      threads: options.threads,
+      runs: options.runs,
+      warmup: options.warmup,
+      graphOptimizationLevel,
+      ortVersion: ort.env.versions.node ?? ort.env.versions.common,
+      inputShape: candidates.inputShape,
+      model: modelStats ? { origMs: modelStats.medianMs, stats: modelStats } : null,
+      modelNote,
+      layers,
+    };
+    await writeJsonAtomic(path.join(dir, LATENCY_TABLE_FILE), table);
+    return table;
+  } finally {
+    for (const session of opened) await session.release();
+  }
 }
 
 // ---------------------------------------------------------------- the engine's side of the loop

@@ -236,6 +236,8 @@ export async function profileLayers(options: ProfileOptions): Promise<LayerProfi
   };
 }
 
+/** three significant digits without exponent notation: 1850, 387, 88.3, 0.524 */
+const millions = (v: number) => (v >= 1e8 ? (v / 1e6).toFixed(0) : (v / 1e6).toPrecision(3));
 const fmt = (v: number, digits = 2) => (Number.isFinite(v) ? v.toFixed(digits) : String(v));
 
 /** Markdown table; rows whose time fell by less than half of what their MACs fell are marked. */
@@ -247,7 +249,7 @@ export function formatProfileTable(profile: LayerProfile): string {
   for (const r of profile.rows) {
     const flag = r.efficiency < 0.5 ? ' ⚠' : '';
     lines.push(`| ${r.layer} | ${r.kind} | ${r.ranks?.join('/') ?? '—'} | ${r.inputShape.join('×')} | `
-      + `${(r.macs.original / 1e6).toPrecision(3)} | ${(r.macs.replacement / 1e6).toPrecision(3)} | ${fmt(r.macs.ratio)}× | `
+      + `${millions(r.macs.original)} | ${millions(r.macs.replacement)} | ${fmt(r.macs.ratio)}× | `
       + `${fmt(r.original.medianMs, 3)} | ${fmt(r.replacementTime.medianMs, 3)} | ${fmt(r.speedup)}× | ${fmt(r.efficiency)}${flag} | ${r.cpuSpeedup === null ? '—' : `${fmt(r.cpuSpeedup)}×`} |`);
   }
   if (profile.skipped.length > 0) {
