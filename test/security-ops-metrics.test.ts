@@ -25,15 +25,15 @@ interface JobSpec {
 }
 
 const JOBS: JobSpec[] = [
-  { tenant: 'a', status: 'succeeded', seconds: 10, finishedHoursAgo: 0, metrics: { macs_ratio: 4, params_ratio: 2 }, stages: { analyze: 0.3, rewrite: 2 } },
-  { tenant: 'a', status: 'succeeded', seconds: 100, finishedHoursAgo: 2, metrics: { macs_ratio: 2, params_ratio: 6 }, stages: { analyze: 0.7 } },
-  { tenant: 'a', status: 'succeeded', seconds: 40, finishedHoursAgo: 2, metrics: { macs_ratio: 3 } },
+  { tenant: 'a', status: 'succeeded', seconds: 10, finishedHoursAgo: 0, metrics: { macs_reduction: 4, params_reduction: 2 }, stages: { analyze: 0.3, rewrite: 2 } },
+  { tenant: 'a', status: 'succeeded', seconds: 100, finishedHoursAgo: 2, metrics: { macs_reduction: 2, params_reduction: 6 }, stages: { analyze: 0.7 } },
+  { tenant: 'a', status: 'succeeded', seconds: 40, finishedHoursAgo: 2, metrics: { macs_reduction: 3 } },
   { tenant: 'a', status: 'failed', seconds: 3, finishedHoursAgo: 2, errorCategory: 'bad_input' },
   { tenant: 'a', status: 'failed', seconds: 7200, finishedHoursAgo: 30, errorCategory: 'timeout' },
   { tenant: 'a', status: 'canceled', seconds: 1, finishedHoursAgo: 5, errorCategory: 'canceled' },
   { tenant: 'a', status: 'running' },
   { tenant: 'a', status: 'queued' },
-  { tenant: 'b', status: 'succeeded', seconds: 2000, finishedHoursAgo: 1, metrics: { macs_ratio: 10, params_ratio: 10 } },
+  { tenant: 'b', status: 'succeeded', seconds: 2000, finishedHoursAgo: 1, metrics: { macs_reduction: 10, params_reduction: 10 } },
 ];
 
 before(async () => {

@@ -179,13 +179,14 @@ describe('ProgressThrottle', () => {
 describe('metrics', () => {
   it('extracts totals, accuracy, fine-tuning and timings from a report', () => {
     const rows = metricsFromReport({
-      totals: { params: { before: 1000, after: 250, ratio: 4 }, macs: { before: 9e6, after: 3e6, ratio: 3 } },
+      totals: { params: { before: 1000, after: 250, ratio: 0.25 }, macs: { before: 9e6, after: 3e6, ratio: 1 / 3 } },
       accuracy: { labels: true, original: { top1: 0.93 }, compressed: { top1: 0.5 }, finetuned: { top1: 0.92 } },
       finetune: { epochs: 1, steps: 100, wallSeconds: 12.5, imagesPerSecond: 512, history: [] },
       timings: { analyze: 0.5, rewrite: 1.25 },
     });
     const byName = Object.fromEntries(rows.map((r) => [r.name, r.value]));
-    assert.equal(byName.params_ratio, 4);
+    assert.equal(byName.params_reduction, 4, 'reductions are before/after whatever the engine calls ratio');
+    assert.equal(byName.macs_reduction, 3);
     assert.equal(byName.macs_after, 3e6);
     assert.equal(byName.top1_finetuned, 0.92);
     assert.equal(byName.finetune_images_per_second, 512);

@@ -59,10 +59,10 @@ export async function computeStats(
       SELECT status::text AS status, count(*)::int AS n FROM "Job" WHERE status IN ('queued', 'running') ${tenant} GROUP BY 1`,
     prisma.$queryRaw<{ macs: number | null; params: number | null; jobs: number }[]>`
       SELECT
-        percentile_cont(0.5) WITHIN GROUP (ORDER BY (metrics->>'macs_ratio')::float8)
-          FILTER (WHERE jsonb_typeof(metrics->'macs_ratio') = 'number') AS macs,
-        percentile_cont(0.5) WITHIN GROUP (ORDER BY (metrics->>'params_ratio')::float8)
-          FILTER (WHERE jsonb_typeof(metrics->'params_ratio') = 'number') AS params,
+        percentile_cont(0.5) WITHIN GROUP (ORDER BY (metrics->>'macs_reduction')::float8)
+          FILTER (WHERE jsonb_typeof(metrics->'macs_reduction') = 'number') AS macs,
+        percentile_cont(0.5) WITHIN GROUP (ORDER BY (metrics->>'params_reduction')::float8)
+          FILTER (WHERE jsonb_typeof(metrics->'params_reduction') = 'number') AS params,
         count(*)::int AS jobs
       FROM "Job"
       WHERE status = 'succeeded' AND ${inWindow} AND metrics IS NOT NULL ${tenant}`,

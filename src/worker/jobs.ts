@@ -128,7 +128,11 @@ export function metricsFromReport(report: Record<string, unknown>): MetricRow[] 
     const t = isRecord(totals[kind]) ? totals[kind] : {};
     add(`${kind}_before`, t.before, kind === 'params' ? 'weights' : 'MACs');
     add(`${kind}_after`, t.after, kind === 'params' ? 'weights' : 'MACs');
-    add(`${kind}_ratio`, t.ratio, 'x');
+    // Every *_reduction metric is before/after ("4.9× fewer"); the engine's totals.ratio is after/before
+    // (the convention of the targetMacs option), so it is recomputed here rather than copied.
+    const before = finiteNumber(t.before);
+    const after = finiteNumber(t.after);
+    if (before !== undefined && after !== undefined && after > 0) add(`${kind}_reduction`, before / after, 'x');
   }
   const accuracy = isRecord(report.accuracy) ? report.accuracy : null;
   if (accuracy) {
@@ -168,7 +172,7 @@ export function metricsFromMeasurement(m: MeasurementReport | null): MetricRow[]
   ] as const) {
     add(`${name}_before`, c.before, unit);
     add(`${name}_after`, c.after, unit);
-    add(`${name}_ratio`, c.ratio, 'x');
+    add(`${name}_reduction`, c.ratio, 'x');
   }
   for (const l of m.latency) add(`speedup_batch${l.batch}`, l.speedup, 'x');
   add('max_relative_error', m.fidelity.compressed.maxRelativeError, 'fraction');
