@@ -22,6 +22,7 @@ import {
   type EngineExit,
 } from './engine.js';
 import { overallProgress, ProgressThrottle, stageWeights } from './progress.js';
+import type { LatencyPlanResult } from './latency.js';
 import type { MeasurementReport, VerifyOptions } from './verify.js';
 
 /** The engine seeds torch/numpy with this, so two runs of one job give the same model. */
@@ -208,6 +209,8 @@ class JobRun {
   private readonly enginePidFile: string;
   private stopping: Outcome = null;
   private kill: (() => Promise<EngineExit>) | null = null;
+  /** Aborts the latency rule's candidate timing (engine commands + onnxruntime) on cancel/timeout. */
+  private readonly latencyAbort = new AbortController();
   private weights: Record<string, number> = stageWeights(false);
   /** 0..100 over the whole job, as last computed. */
   private percent = 0;
@@ -265,7 +268,7 @@ class JobRun {
     this.log.info({ model: row.modelId, dataset: row.datasetId ?? row.builtinDataset }, 'job started');
 
     const options = isRecord(row.options) ? row.options : {};
-    this.weights = stageWeights(isRecord(options.finetune));
+    this.weights = stageWeights(isRecord(options.finetune), options.rule === 'latency');
 
     const unsubscribe = this.deps.cancels.on(this.jobId, () => void this.stop('canceled'));
     const poll = setInterval(() => void this.pollCanceled(), this.deps.cancelPollMs ?? DEFAULT_CANCEL_POLL_MS);
@@ -302,6 +305,16 @@ class JobRun {
       await linkOrCopy(store.pathFor(row.dataset.storageKey), dataset);
     }
 
+    // Rule latency: onnxruntime-node times the engine's candidate layers first; the engine gets the table.
+    let latencyPlan: LatencyPlanResult | null = null;
+    let engineOptions = options;
+    if (options.rule === 'latency') {
+      latencyPlan = await this.planLatency(modelPath, path.join(workDir, 'latency'), options);
+      if (this.stopping) throw this.stopError();
+      const { latencyJobOptions } = await import('./latency.js');
+      engineOptions = latencyJobOptions(options, latencyPlan);
+    }
+
     const jobFile = path.join(this.jobDir, 'job.json');
     await writeJsonAtomic(jobFile, {
       jobId: this.jobId,
@@ -311,7 +324,7 @@ class JobRun {
       workDir,
       threads: config.engineThreads,
       seed: ENGINE_SEED,
-      options,
+      options: engineOptions,
     });
     this.pushProgress({ stage: 'staging', done: 1, total: 1 });
 
@@ -339,7 +352,7 @@ class JobRun {
 
     this.pushProgress({ stage: 'store', done: 0, total: 1 });
     const stored = await store.ingestFile(compressedPath);
-    const fullReport: Record<string, unknown> = { ...report, plan, measurement, engineSummary: result.summary };
+    const fullReport: Record<string, unknown> = { ...report, plan, measurement, latencyPlan, engineSummary: result.summary };
     const metricRows = [...metricsFromReport(report), ...metricsFromMeasurement(measurement)];
     const metrics = Object.fromEntries(metricRows.map((m) => [m.name, m.value]));
     await this.throttle.flush();
@@ -389,6 +402,43 @@ class JobRun {
     }
     this.log.info({ sha256: stored.sha256, bytes: stored.bytes }, 'job succeeded');
     return { status: 'succeeded', artifactSha256: stored.sha256, bytes: stored.bytes };
+  }
+
+  private async planLatency(modelPath: string, workDir: string, options: Record<string, unknown>): Promise<LatencyPlanResult> {
+    const { planForLatency } = await import('./latency.js');
+    const { config } = this.deps;
+    try {
+      const result = await planForLatency({
+        python: config.enginePython,
+        engineDir: config.engineDir,
+        env: { LANG: 'C.UTF-8', OMP_NUM_THREADS: String(config.engineThreads), MKL_NUM_THREADS: String(config.engineThreads) },
+        signal: this.latencyAbort.signal,
+        modelPath,
+        workDir,
+        targetLatency: Number(options.targetLatency),
+        ...(Array.isArray(options.inputShape) ? { inputShape: options.inputShape as number[] } : {}),
+        ...(typeof options.roundTo === 'number' ? { roundTo: options.roundTo } : {}),
+        force: options.force === true,
+        threads: config.ortThreads,
+        runs: this.deps.measureRuns ?? 20,
+        warmup: 3,
+        seed: ENGINE_SEED,
+        onRound: (round, maxRounds) => {
+          this.pushProgress({
+            stage: 'latency', done: round.round, total: maxRounds,
+            message: `targetMacs ${round.targetMacs.toFixed(3)}: predicted latency ratio ${round.predictedRatio?.toFixed(3) ?? '?'}`
+              + ` (${round.keptSlow.length} layer(s) kept as slower in onnxruntime)`,
+          });
+        },
+      });
+      await this.event('latency', JSON.parse(JSON.stringify(result)) as Prisma.InputJsonValue);
+      this.log.info({ targetMacs: result.targetMacs, predictedRatio: result.predictedRatio, converged: result.converged }, 'latency plan ready');
+      return result;
+    } catch (err) {
+      // A cancel/timeout aborted the engine command or the timing: report that, not the abort.
+      if (this.stopping) throw this.stopError();
+      throw err;
+    }
   }
 
   private async runEngine(jobFile: string): Promise<EngineExit> {
@@ -535,6 +585,7 @@ class JobRun {
     if (this.stopping) return;
     this.stopping = reason;
     this.log.info({ reason }, 'stopping the engine');
+    this.latencyAbort.abort();
     if (this.kill) await this.kill();
   }
 

@@ -29,10 +29,15 @@ const WEIGHTS_FINETUNE: Record<string, number> = {
   store: 2,
 };
 
-export const STAGE_ORDER = ['staging', 'analyze', 'plan', 'rewrite', 'finetune', 'evaluate', 'write', 'verify', 'store'];
+export const STAGE_ORDER = ['staging', 'latency', 'analyze', 'plan', 'rewrite', 'finetune', 'evaluate', 'write', 'verify', 'store'];
 
-export function stageWeights(withFinetune: boolean): Record<string, number> {
-  return withFinetune ? WEIGHTS_FINETUNE : WEIGHTS_PLAIN;
+/** The latency rule's candidate timing (before the engine run) takes about as long as the rewrite. */
+const LATENCY_WEIGHT = { plain: 30, finetune: 8 };
+
+export function stageWeights(withFinetune: boolean, withLatency = false): Record<string, number> {
+  const base = withFinetune ? WEIGHTS_FINETUNE : WEIGHTS_PLAIN;
+  if (!withLatency) return base;
+  return { ...base, latency: withFinetune ? LATENCY_WEIGHT.finetune : LATENCY_WEIGHT.plain };
 }
 
 /** Fraction 0..1 of the job done when `stage` is `done`/`total` through. Unknown stages do not move it. */
