@@ -248,8 +248,12 @@ def comparison(after: dict, before: dict, before_label: str) -> str:
         return r["network"], r["input"], r["rule"]
 
     earlier = {key(r): r for r in before["results"]}
-    lines = [f"Before = {before_label}, measured {before['environment']['date']} (load average "
-             f"{'/'.join(f'{x:.1f}' for x in before['environment']['load'])} at start).", "",
+    lines = [f"### Before and after ({after['environment']['threads_note']})", "",
+             f"Before = {before_label}, measured {before['environment']['date']} (load average "
+             f"{'/'.join(f'{x:.1f}' for x in before['environment']['load'])} at start); after measured "
+             f"{after['environment']['date']} (load average "
+             f"{'/'.join(f'{x:.1f}' for x in after['environment']['load'])}). Commands: `{before.get('command', '?')}`, "
+             f"`{after.get('command', '?')}`.", "",
              "| network | rule | weights (M) | before: exit | before: CLI CPU (s) | after: exit | after: CLI CPU (s) "
              "| CPU after ÷ before | before: CLI wall (s) | after: CLI wall (s) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -289,7 +293,8 @@ def render(payload: dict, args) -> str:
     text += markdown(payload["results"], payload["environment"], args.label,
                      payload.get("command", "/usr/bin/python3 benchmarks/compress_speed.py"))
     if args.compare:
-        text += "\n" + comparison(payload, json.loads(args.compare.read_text()), args.compare_label)
+        before, after = (json.loads(path.read_text()) for path in args.compare)
+        text += "\n" + comparison(after, before, args.compare_label)
     return text
 
 
@@ -305,7 +310,9 @@ def main(argv=None) -> int:
                         help="OPENBLAS/OMP/MKL_NUM_THREADS for the measured processes: 1 gives CPU times that "
                              "a loaded machine inflates least (no spinning threads waiting for a core)")
     parser.add_argument("--from-json", type=Path, help="render a saved run (--json-out) instead of measuring")
-    parser.add_argument("--compare", type=Path, help="a saved run of the engine before a change: adds a before/after table")
+    parser.add_argument("--compare", type=Path, nargs=2, metavar=("BEFORE.json", "AFTER.json"),
+                        help="two saved runs (--json-out) of the engine before and after a change, measured "
+                             "alike: adds a before/after table")
     parser.add_argument("--compare-label", default="the engine before the change", help="what --compare measured")
     parser.add_argument("--preamble", type=Path, help="markdown placed above the tables (e.g. the stage analysis)")
     parser.add_argument("--stages", nargs=4, metavar=("MODEL", "RULE", "TARGET", "OUT"), help=argparse.SUPPRESS)

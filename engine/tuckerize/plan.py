@@ -28,7 +28,7 @@ from onnx import numpy_helper
 
 from .errors import EngineInputError
 from .metrics import graph_metrics
-from .onnx_graph import Layer, constant_tensors, find_layers, infer_shapes, resolve_input_shapes
+from .onnx_graph import Layer, constant_tensors, find_layers, infer_shapes, read_only_tensor, resolve_input_shapes
 from .ranks import RankCandidate, family_ranks, round_rank, solve_budget, weakened_rank
 from .vbmf import evbmf, evbmf_spectrum
 
@@ -150,11 +150,6 @@ def _rows_per_image(layer: Layer) -> Optional[int]:
     if len(out) == 1:
         return 1
     return math.prod(out[1:-1]) if len(out) > 2 else 1
-
-
-def _writable(array: np.ndarray) -> np.ndarray:
-    # Arrays read from protobuf bytes are read-only; torch wants to own writable memory.
-    return array if array.flags.writeable else array.copy()
 
 
 def _bias_params(layer: Layer, constants: dict) -> int:
@@ -572,7 +567,7 @@ def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = Non
         else:
             info = None
             if need_evbmf:
-                weight = torch.from_numpy(_writable(numpy_helper.to_array(constants[layer.weight])))
+                weight = read_only_tensor(numpy_helper.to_array(constants[layer.weight]))
                 info = _evbmf_layer(layer, unfoldings(kind, weight, layer), timings)
             candidates.append(_Candidate(layer, kind, rank_bounds(kind, layer), bias_params, info))
         if progress is not None:

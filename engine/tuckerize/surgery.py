@@ -23,7 +23,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from .errors import EngineInputError
-from .onnx_graph import constant_tensors, node_labels
+from .onnx_graph import constant_tensors, node_labels, read_only_tensor
 from .plan import Plan
 from .tucker import svd_factors, tucker1, tucker2
 
@@ -95,7 +95,7 @@ def rewrite(model: onnx.ModelProto, plan: Plan, hooi_iters: int = 2,
         if weight_name not in constants:
             raise EngineInputError(f"layer {label!r} ({node.op_type}): weight {weight_name!r} is not a constant")
         weight_proto = constants[weight_name]
-        weight = _writable(numpy_helper.to_array(weight_proto))
+        weight = numpy_helper.to_array(weight_proto)
         _check_plan_matches(entry, node, weight)
         start = time.perf_counter()
         factors, rel_errors[label] = _decompose(entry, node, weight, hooi_iters)
@@ -122,11 +122,6 @@ def rewrite(model: onnx.ModelProto, plan: Plan, hooi_iters: int = 2,
                 graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
     timings["graph"] += time.perf_counter() - start
     return RewriteResult(result, rel_errors, timings)
-
-
-def _writable(array: np.ndarray) -> np.ndarray:
-    # Arrays read from protobuf bytes are read-only; torch wants to own writable memory.
-    return array if array.flags.writeable else array.copy()
 
 
 def _check_plan_matches(entry, node, weight: np.ndarray) -> None:
@@ -162,7 +157,7 @@ def _gemm_trans_b(node) -> int:
 
 
 def _decompose(entry, node, weight: np.ndarray, hooi_iters: int):
-    W = torch.from_numpy(weight)
+    W = read_only_tensor(weight)
     if entry.kind == "tucker2":
         if W.dim() != 4 or node.op_type != "Conv":
             raise EngineInputError(f"layer {entry.name!r}: tucker2 needs a 2-D Conv weight, got {list(W.shape)}")
