@@ -96,8 +96,18 @@ const results: BenchResults = values['from-json']
   ? JSON.parse(await readFile(values['from-json'], 'utf8')) as BenchResults
   : await runBenchmarks(settings, plan);
 await mkdir(path.dirname(out), { recursive: true });
-await writeFile(out, renderMarkdown(results));
+await writeFile(out, renderMarkdown(results) + (await keptSections(out)));
 // Per-node MAC lists would make the file hundreds of kilobytes; the totals and timings stay.
 const withoutPerNode = (key: string, value: unknown) => (key === 'perNode' ? undefined : value);
 if (!values['from-json']) await writeFile(json, JSON.stringify(results, withoutPerNode, 2));
 process.stderr.write(`[bench] wrote ${out}\n`);
+
+/**
+ * Sections other scripts own (load, compression speed, accuracy) sit between `<!-- NAME:begin -->` and
+ * `<!-- NAME:end -->` markers; a rerun of this harness keeps them as they are.
+ */
+async function keptSections(file: string): Promise<string> {
+  const previous = await readFile(file, 'utf8').catch(() => '');
+  const sections = previous.match(/<!-- ([\w-]+):begin -->[\s\S]*?<!-- \1:end -->/g) ?? [];
+  return sections.map((section) => `\n${section}\n`).join('');
+}

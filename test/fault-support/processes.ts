@@ -123,26 +123,19 @@ export function spawnWorker(name: string, env: Record<string, string>): ServiceP
 }
 
 /**
- * The real worker code with short BullMQ lock/stall settings, for the stall-recovery test: src/worker.ts does
- * not (yet) take them from the environment. See worker-with-stall-settings.ts.
+ * The real worker (`src/worker.ts`) with short BullMQ lock/stall settings, for the stall-recovery test:
+ * BullMQ's defaults (30 s lock, 30 s stall check) would make it wait up to a minute for the handover.
  */
 export function spawnWorkerWithStallSettings(
   name: string,
   env: Record<string, string>,
   settings: { lockDurationMs: number; stalledIntervalMs: number },
 ): ServiceProcess {
-  return ServiceProcess.spawn(
-    name,
-    process.execPath,
-    [
-      '--import',
-      'tsx',
-      path.join('test', 'fault-support', 'worker-with-stall-settings.ts'),
-      String(settings.lockDurationMs),
-      String(settings.stalledIntervalMs),
-    ],
-    { env: serviceEnv(env) },
-  );
+  return spawnWorker(name, {
+    ...env,
+    WORKER_LOCK_DURATION_MS: String(settings.lockDurationMs),
+    WORKER_STALLED_INTERVAL_MS: String(settings.stalledIntervalMs),
+  });
 }
 
 /** The real API process (`src/server.ts`). */
