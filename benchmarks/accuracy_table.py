@@ -214,6 +214,24 @@ def latest(records: list[dict]) -> dict:
     return chosen
 
 
+def superseded_note(records: list[dict]) -> str:
+    """Reruns of a row stay in the JSONL; say how many and how far their top-1 is from the row shown."""
+    chosen = latest(records)
+    gaps, count = [], 0
+    for record in records:
+        key = (record["net"], record["variant"], budget_key(record.get("budget") or {}))
+        shown = chosen[key]
+        if record is shown or record.get("rc") != 0 or shown.get("rc") != 0:
+            continue
+        count += 1
+        section = "compressed" if record["variant"] == "none" else "finetuned"
+        gaps.append(abs(record["accuracy"][section]["top1"] - shown["accuracy"][section]["top1"]))
+    if not count:
+        return ""
+    return (f" The JSONL also holds {count} earlier run(s) of rows shown here (the table shows the latest); their top-1 "
+            f"differs from the shown row's by at most {100 * max(gaps):.2f} points.")
+
+
 def budget_order(budget: dict) -> tuple:
     """Shorter budgets first; an epoch budget after step budgets of less than an epoch."""
     if budget.get("epochs") is not None:
@@ -404,7 +422,7 @@ def render(records: list[dict], assets: Path, command: str) -> str:
         + ". One seed per row; with "
         + (f"{min(sizes):,} test images the standard error of a top-1 near 90 % is "
            f"{100 * (0.9 * 0.1 / min(sizes)) ** 0.5:.2f} points, so gaps of about a point between variants are within noise."
-           if sizes else "no test images recorded."),
+           if sizes else "no test images recorded.") + superseded_note(records),
         "",
         *rows,
         "",

@@ -19,7 +19,12 @@ export function parseDatabaseUrl(databaseUrl: string): ParsedDatabaseUrl {
 export function createPrisma(databaseUrl: string): PrismaClient {
   const { connectionString, schema } = parseDatabaseUrl(databaseUrl);
   // Short connect timeout: when Postgres is down, requests should fail fast (503) instead of hanging.
-  const adapter = new PrismaPg({ connectionString, connectionTimeoutMillis: 5000, max: 10 }, schema ? { schema } : undefined);
+  // A transaction left open by a lost client (seen once under heavy load: BEGIN, then nothing) is ended by
+  // the server after a minute, so its connection and locks come back instead of pinning the pool.
+  const adapter = new PrismaPg(
+    { connectionString, connectionTimeoutMillis: 5000, max: 10, idle_in_transaction_session_timeout: 60_000 },
+    schema ? { schema } : undefined,
+  );
   return new PrismaClient({ adapter });
 }
 

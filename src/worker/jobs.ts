@@ -389,7 +389,7 @@ class JobRun {
         data: { jobId: this.jobId, type: 'status', data: { status: 'succeeded', sha256: stored.sha256, bytes: stored.bytes } },
       });
       return true;
-    });
+    }, { maxWait: 10_000, timeout: 30_000 }); // a loaded machine can take more than Prisma's 2 s / 5 s defaults
     // The row is final by now; if Redis lost the BullMQ job meanwhile (a restart), this update cannot land
     // and must not turn a finished job into a retry.
     await this.job
