@@ -414,7 +414,7 @@ def render(records: list[dict], assets: Path, command: str) -> str:
         "engine's defaults (SGD, Nesterov momentum 0.9, lr 0.01, 5 % linear warm-up then cosine to 0 over the run's "
         "steps, gradient norm clipped to 5, weight decay 5e-4, distillation T = 4). Top-1/top-5 and agreement are on "
         f"the first {', '.join(f'{n:,}' for n in eval_samples)} images of the Fashion-MNIST test split, the same "
-        "images in every row. Wall time counts the fine-tuning steps only (teacher forward included), as the engine's "
+        "images in every row. Wall time counts the fine-tuning steps only (the teacher's forward pass included when distilling), as the engine's "
         "report gives it; images/s = images seen ÷ that time"
         + (f". Images/s ranges {min(rates):.0f}–{max(rates):.0f} across rows, mostly with the other jobs' load on "
            "the two cores (each run's load average is in the JSONL); labels-only runs also skip the teacher's forward "
