@@ -2,13 +2,14 @@
 // out to listeners by job id. QueueEvents needs its own blocking connection, hence lazily.
 import { QueueEvents } from 'bullmq';
 import { COMPRESSION_QUEUE } from '../queue/index.js';
+import { ListenersByJob } from '../queue/listeners.js';
 
 export type QueueEventKind = 'progress' | 'active' | 'completed' | 'failed' | 'removed';
 export type JobEventListener = (kind: QueueEventKind, data: unknown) => void;
 
 export class JobEventHub {
   private queueEvents: QueueEvents | undefined;
-  private readonly listeners = new Map<string, Set<JobEventListener>>();
+  private readonly listeners = new ListenersByJob<JobEventListener>();
 
   constructor(
     private readonly redisUrl: string,
@@ -17,16 +18,7 @@ export class JobEventHub {
 
   subscribe(jobId: string, listener: JobEventListener): () => void {
     this.ensureStarted();
-    let set = this.listeners.get(jobId);
-    if (!set) {
-      set = new Set();
-      this.listeners.set(jobId, set);
-    }
-    set.add(listener);
-    return () => {
-      set.delete(listener);
-      if (set.size === 0) this.listeners.delete(jobId);
-    };
+    return this.listeners.add(jobId, listener);
   }
 
   /** Resolves once the QueueEvents connection is up, so events published afterwards reach subscribers. */
@@ -36,7 +28,7 @@ export class JobEventHub {
   }
 
   private emit(jobId: string, kind: QueueEventKind, data: unknown): void {
-    for (const listener of this.listeners.get(jobId) ?? []) listener(kind, data);
+    for (const listener of this.listeners.of(jobId)) listener(kind, data);
   }
 
   private ensureStarted(): void {

@@ -1,11 +1,12 @@
 // Worker side of cancellation: one subscriber connection per worker process, fanned out by job id.
 import { Redis, type RedisOptions } from 'ioredis';
 import { cancelChannel } from './index.js';
+import { ListenersByJob } from './listeners.js';
 
 export type CancelListener = () => void;
 
 export class CancelBus {
-  private readonly listeners = new Map<string, Set<CancelListener>>();
+  private readonly listeners = new ListenersByJob<CancelListener>();
   private readonly subscriber: Redis;
   private readonly channel: string;
 
@@ -14,7 +15,7 @@ export class CancelBus {
     this.channel = channel;
     subscriber.on('message', (channel: string, jobId: string) => {
       if (channel !== this.channel) return;
-      for (const listener of this.listeners.get(jobId) ?? []) listener();
+      for (const listener of this.listeners.of(jobId)) listener();
     });
   }
 
@@ -37,16 +38,7 @@ export class CancelBus {
 
   /** Returns the unsubscribe function. */
   on(jobId: string, listener: CancelListener): () => void {
-    let set = this.listeners.get(jobId);
-    if (!set) {
-      set = new Set();
-      this.listeners.set(jobId, set);
-    }
-    set.add(listener);
-    return () => {
-      set.delete(listener);
-      if (set.size === 0) this.listeners.delete(jobId);
-    };
+    return this.listeners.add(jobId, listener);
   }
 
   async close(): Promise<void> {
