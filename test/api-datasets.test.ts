@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { copyFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { startTestApp, storedFiles, type TestApp } from './helpers/app.js';
+import { assertProblem, startTestApp, storedFiles, type TestApp } from './helpers/app.js';
 import { createFixtures, type Fixtures } from './helpers/fixtures.js';
 
 let t: TestApp;
@@ -17,12 +17,6 @@ after(async () => {
   await t?.close();
   await fx?.cleanup();
 });
-
-function assertProblem(res: { status: number; headers: Record<string, string>; body: Record<string, unknown> }, status: number, pattern: RegExp): void {
-  assert.equal(res.status, status, JSON.stringify(res.body));
-  assert.match(res.headers['content-type'] ?? '', /^application\/problem\+json/);
-  assert.match(String(res.body.detail), pattern);
-}
 
 describe('POST /v1/datasets', () => {
   test('an .npz of images and labels is stored with its shape', async () => {

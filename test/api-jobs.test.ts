@@ -10,7 +10,7 @@ import { buildApp } from '../src/api/app.js';
 import { requeueOrphans } from '../src/db/reconcile.js';
 import { cancelChannel, COMPRESSION_QUEUE, createCompressionQueue, type JobProgress } from '../src/queue/index.js';
 import { ArtifactStore } from '../src/store/artifacts.js';
-import { startTestApp, type TestApp } from './helpers/app.js';
+import { assertProblem, startTestApp, type TestApp } from './helpers/app.js';
 import { createFixtures, type Fixtures } from './helpers/fixtures.js';
 
 let t: TestApp;
@@ -35,13 +35,6 @@ after(async () => {
   await t?.close();
   await fx?.cleanup();
 });
-
-type Res = { status: number; headers: Record<string, string>; body: Record<string, unknown> };
-function assertProblem(res: Res, status: number, pattern: RegExp): void {
-  assert.equal(res.status, status, JSON.stringify(res.body));
-  assert.match(res.headers['content-type'] ?? '', /^application\/problem\+json/);
-  assert.match(String(res.body.detail), pattern);
-}
 
 async function createJob(body: Record<string, unknown>, auth = t.authA): Promise<string> {
   const res = await t.http().post('/v1/jobs').set(auth).send(body);

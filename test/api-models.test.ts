@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { after, before, describe, test } from 'node:test';
-import { startTestApp, storedFiles, type TestApp } from './helpers/app.js';
+import { assertProblem, startTestApp, storedFiles, type TestApp } from './helpers/app.js';
 import { createFixtures, type Fixtures } from './helpers/fixtures.js';
 
 let t: TestApp;
@@ -17,16 +17,6 @@ after(async () => {
   await t?.close();
   await fx?.cleanup();
 });
-
-function assertProblem(res: { status: number; headers: Record<string, string>; body: Record<string, unknown> }, status: number, pattern: RegExp): void {
-  assert.equal(res.status, status, JSON.stringify(res.body));
-  assert.match(res.headers['content-type'] ?? '', /^application\/problem\+json/);
-  assert.equal(res.body.status, status);
-  assert.match(String(res.body.detail), pattern);
-  assert.equal(typeof res.body.type, 'string');
-  assert.equal(typeof res.body.title, 'string');
-  assert.equal(JSON.stringify(res.body).includes('    at '), false, 'no stack trace');
-}
 
 describe('POST /v1/models', () => {
   test('stores a valid model, records its interface, and answers 201', async () => {

@@ -4,20 +4,13 @@ import { after, before, describe, test } from 'node:test';
 import { Redis } from 'ioredis';
 import { buildApp } from '../src/api/app.js';
 import { authenticate, generateApiKey } from '../src/api/auth.js';
-import { startTestApp, type TestApp } from './helpers/app.js';
+import { assertProblem, startTestApp, type TestApp } from './helpers/app.js';
 
 let t: TestApp;
 before(async () => {
   t = await startTestApp();
 });
 after(async () => t?.close());
-
-type Res = { status: number; headers: Record<string, string>; body: Record<string, unknown> };
-function assertProblem(res: Res, status: number, pattern: RegExp): void {
-  assert.equal(res.status, status, JSON.stringify(res.body));
-  assert.match(res.headers['content-type'] ?? '', /^application\/problem\+json/);
-  assert.match(String(res.body.detail), pattern);
-}
 
 describe('authentication', () => {
   const cases: Array<[string, Record<string, string>, RegExp]> = [

@@ -1,4 +1,5 @@
 // One API instance on a fresh test environment, with two tenants' keys, for the supertest suites.
+import assert from 'node:assert/strict';
 import type { FastifyInstance } from 'fastify';
 import request from 'supertest';
 import { buildApp, type AppDeps } from '../../src/api/app.js';
@@ -57,4 +58,18 @@ export async function storedFiles(storageDir: string): Promise<string[]> {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw err;
   }
+}
+
+/** A problem+json answer (RFC 9457) with this status whose detail says what to fix. */
+export function assertProblem(
+  res: { status: number; headers: Record<string, string>; body: Record<string, unknown> },
+  status: number,
+  detail: RegExp,
+): void {
+  assert.equal(res.status, status, JSON.stringify(res.body));
+  assert.match(res.headers['content-type'] ?? '', /^application\/problem\+json/);
+  assert.equal(res.body.status, status);
+  assert.match(String(res.body.detail), detail);
+  assert.equal(typeof res.body.type, 'string');
+  assert.equal(typeof res.body.title, 'string');
 }
