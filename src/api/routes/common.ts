@@ -1,7 +1,7 @@
 // Helpers shared by the route plugins.
 import { createHash } from 'node:crypto';
 import path from 'node:path';
-import { PROBLEM_CONTENT_TYPE } from '../errors.js';
+import { BadRequestError, PROBLEM_CONTENT_TYPE } from '../errors.js';
 import { ProblemSchema } from '../schemas.js';
 
 const PROBLEM_DESCRIPTIONS: Record<number, string> = {
@@ -56,4 +56,35 @@ export function sha256Hex(text: string): string {
 /** Prisma's unique-constraint violation. */
 export function isUniqueViolation(err: unknown): boolean {
   return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === 'P2002';
+}
+
+/** The Prisma arguments every tenant list route pages with: newest first, keyset on (createdAt, id). */
+export interface PageArgs {
+  orderBy: Array<{ createdAt: 'desc' } | { id: 'desc' }>;
+  take: number;
+  cursor?: { id: string };
+  skip?: number;
+}
+
+/**
+ * One page of a tenant's rows: `cursor` must be a row of this tenant (`cursorExists`), one row more than
+ * `limit` is fetched to know whether a next page exists.
+ */
+export async function listPage<Row extends { id: string }, View>(
+  what: string,
+  { limit, cursor }: { limit: number; cursor?: string | undefined },
+  cursorExists: (id: string) => Promise<boolean>,
+  fetch: (args: PageArgs) => Promise<Row[]>,
+  view: (row: Row) => View,
+): Promise<{ items: View[]; nextCursor: string | null }> {
+  if (cursor && !(await cursorExists(cursor))) {
+    throw new BadRequestError(`cursor does not name a ${what} of this tenant; pass the nextCursor of the previous page`);
+  }
+  const rows = await fetch({
+    orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
+    take: limit + 1,
+    ...(cursor ? { cursor: { id: cursor }, skip: 1 } : {}),
+  });
+  const page = rows.slice(0, limit);
+  return { items: page.map(view), nextCursor: rows.length > limit ? (page[page.length - 1]?.id ?? null) : null };
 }

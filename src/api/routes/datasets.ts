@@ -4,9 +4,9 @@ import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { principalOf } from '../auth.js';
 import type { AppContext } from '../context.js';
 import { inspectDataset } from '../../security/index.js';
-import { BadRequestError, NotFoundError, UnsupportedMediaTypeError } from '../errors.js';
+import { NotFoundError, UnsupportedMediaTypeError } from '../errors.js';
 import { DatasetPageSchema, DatasetSchema, IdParamsSchema, PageQuerySchema } from '../schemas.js';
-import { AUTH, cleanFileName, isUniqueViolation, problems } from './common.js';
+import { AUTH, cleanFileName, isUniqueViolation, listPage, problems } from './common.js';
 import { receiveUpload, removeIfUnreferenced } from './uploads.js';
 
 export function datasetView(dataset: Dataset) {
@@ -109,17 +109,13 @@ export const datasetRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (
     async (request) => {
       const { tenantId } = principalOf(request);
       const { limit, cursor } = request.query;
-      if (cursor && !(await prisma.dataset.findFirst({ where: { id: cursor, tenantId }, select: { id: true } }))) {
-        throw new BadRequestError('cursor does not name a dataset of this tenant; pass the nextCursor of the previous page');
-      }
-      const rows = await prisma.dataset.findMany({
-        where: { tenantId },
-        orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
-        take: limit + 1,
-        ...(cursor ? { cursor: { id: cursor }, skip: 1 } : {}),
-      });
-      const page = rows.slice(0, limit);
-      return { items: page.map(datasetView), nextCursor: rows.length > limit ? (page[page.length - 1]?.id ?? null) : null };
+      return listPage(
+        'dataset',
+        { limit, cursor },
+        async (id) => (await prisma.dataset.findFirst({ where: { id, tenantId }, select: { id: true } })) !== null,
+        (args) => prisma.dataset.findMany({ where: { tenantId }, ...args }),
+        datasetView,
+      );
     },
   );
 

@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { enqueueCompressionJob, publishCancel } from '../../queue/index.js';
 import { principalOf } from '../auth.js';
 import type { AppContext } from '../context.js';
-import { BadRequestError, ConflictError, NotFoundError } from '../errors.js';
+import { ConflictError, NotFoundError } from '../errors.js';
 import type { TensorInfo } from '../onnx.js';
 import { checkDatasetFitsModel, type DatasetInspection } from '../../security/index.js';
 import {
@@ -19,7 +19,7 @@ import {
   JobSchema,
   ReportSchema,
 } from '../schemas.js';
-import { AUTH, canonicalJson, isUniqueViolation, problems, sha256Hex } from './common.js';
+import { AUTH, canonicalJson, isUniqueViolation, listPage, problems, sha256Hex } from './common.js';
 
 const TERMINAL = new Set(['succeeded', 'failed', 'canceled']);
 /** How long POST /v1/jobs waits for Redis before leaving the row for the reconciler. */
@@ -175,17 +175,13 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
     async (request) => {
       const { tenantId } = principalOf(request);
       const { limit, cursor, status } = request.query;
-      if (cursor && !(await prisma.job.findFirst({ where: { id: cursor, tenantId }, select: { id: true } }))) {
-        throw new BadRequestError('cursor does not name a job of this tenant; pass the nextCursor of the previous page');
-      }
-      const rows = await prisma.job.findMany({
-        where: { tenantId, ...(status ? { status } : {}) },
-        orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
-        take: limit + 1,
-        ...(cursor ? { cursor: { id: cursor }, skip: 1 } : {}),
-      });
-      const page = rows.slice(0, limit);
-      return { items: page.map(jobView), nextCursor: rows.length > limit ? (page[page.length - 1]?.id ?? null) : null };
+      return listPage(
+        'job',
+        { limit, cursor },
+        async (id) => (await prisma.job.findFirst({ where: { id, tenantId }, select: { id: true } })) !== null,
+        (args) => prisma.job.findMany({ where: { tenantId, ...(status ? { status } : {}) }, ...args }),
+        jobView,
+      );
     },
   );
 

@@ -2,11 +2,11 @@
 import type { OnnxModel } from '@prisma/client';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import type { AppContext } from '../context.js';
-import { BadRequestError, NotFoundError } from '../errors.js';
+import { NotFoundError } from '../errors.js';
 import { inspectModelUpload, type TensorInfo } from '../onnx.js';
 import { principalOf } from '../auth.js';
 import { IdParamsSchema, ModelPageSchema, ModelSchema, PageQuerySchema } from '../schemas.js';
-import { AUTH, cleanFileName, isUniqueViolation, problems } from './common.js';
+import { AUTH, cleanFileName, isUniqueViolation, listPage, problems } from './common.js';
 import { receiveUpload, removeIfUnreferenced } from './uploads.js';
 
 function publicTensor(t: TensorInfo) {
@@ -101,17 +101,13 @@ export const modelRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (ap
     async (request) => {
       const { tenantId } = principalOf(request);
       const { limit, cursor } = request.query;
-      if (cursor && !(await prisma.onnxModel.findFirst({ where: { id: cursor, tenantId }, select: { id: true } }))) {
-        throw new BadRequestError('cursor does not name a model of this tenant; pass the nextCursor of the previous page');
-      }
-      const rows = await prisma.onnxModel.findMany({
-        where: { tenantId },
-        orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
-        take: limit + 1,
-        ...(cursor ? { cursor: { id: cursor }, skip: 1 } : {}),
-      });
-      const page = rows.slice(0, limit);
-      return { items: page.map(modelView), nextCursor: rows.length > limit ? (page[page.length - 1]?.id ?? null) : null };
+      return listPage(
+        'model',
+        { limit, cursor },
+        async (id) => (await prisma.onnxModel.findFirst({ where: { id, tenantId }, select: { id: true } })) !== null,
+        (args) => prisma.onnxModel.findMany({ where: { tenantId }, ...args }),
+        modelView,
+      );
     },
   );
 
