@@ -18,12 +18,14 @@ import {
 import { Redis } from 'ioredis';
 import type { Config } from '../config.js';
 import { createPrisma, type PrismaClient } from '../db/client.js';
+import { JobStates } from '../jobs/state.js';
 import { createServiceMetrics, instrumentHttp, type ServiceMetrics } from '../ops/metrics.js';
 import { createCompressionQueue, type CompressionJobData } from '../queue/index.js';
-import { ArtifactStore } from '../store/artifacts.js';
-import { authenticate, keyPrefixOf } from './auth.js';
+import { createStore, type ArtifactStore } from '../store/index.js';
+import { Authenticator } from './auth.js';
 import type { AppContext } from './context.js';
-import { ApiError, registerErrorHandlers } from './errors.js';
+import { registerErrorHandlers } from './errors.js';
+import { addRateLimits, clientErrorHandler, frameworkErrors, redactUrl } from './http-limits.js';
 import { JobEventHub } from './job-events.js';
 import { ModelAnalyzer } from './model-analysis.js';
 import { datasetRoutes } from './routes/datasets.js';
@@ -69,7 +71,25 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     logger: {
       level: config.logLevel,
       redact: ['req.headers.authorization', 'req.headers["x-admin-key"]'],
+      // Credentials sent as query parameters (?api_key=…) never reach the log.
+      serializers: {
+        req: (req: { method: string; url: string; ip?: string; socket?: { remoteAddress?: string } }) => ({
+          method: req.method,
+          url: redactUrl(req.url),
+          remoteAddress: req.ip ?? req.socket?.remoteAddress,
+        }),
+      },
     },
+    // Slow clients: headers must arrive within HTTP_HEADERS_TIMEOUT_MS, the whole request within
+    // HTTP_REQUEST_TIMEOUT_MS (Node checks once a second); clientErrorHandler answers 408/431/400 as problem+json.
+    requestTimeout: config.httpRequestTimeoutMs,
+    http: {
+      headersTimeout: Math.min(config.httpHeadersTimeoutMs, config.httpRequestTimeoutMs),
+      requestTimeout: config.httpRequestTimeoutMs,
+      connectionsCheckingInterval: 1000,
+    },
+    clientErrorHandler,
+    frameworkErrors,
     // A caller's x-request-id is kept when it is sane, so a request can be followed across services.
     genReqId: (req) => {
       const incoming = req.headers['x-request-id'];
@@ -84,6 +104,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
   registerErrorHandlers(app);
+  app.decorate('uploadIdleTimeoutMs', config.uploadIdleTimeoutMs);
 
   const owned: Array<() => Promise<unknown>> = [];
   const prisma = deps.prisma ?? createPrisma(config.databaseUrl);
@@ -109,13 +130,20 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
       processMetrics: true,
       onCollectError: (source, err) => app.log.warn({ source, err: (err as Error).message }, 'metrics collection failed'),
     });
+  const jobs = new JobStates({
+    prisma,
+    publisher: redis,
+    prefix: config.queuePrefix,
+    onPublishError: (err, message) => app.log.warn({ jobId: message.jobId, err: err.message }, 'job event not published; followers see the DB state'),
+  });
   const ctx: AppContext = {
     config,
     prisma,
     redis,
     queue,
-    store: deps.store ?? new ArtifactStore(config.storageDir),
+    store: deps.store ?? (await createStore(config)),
     events,
+    jobs,
     analyzer,
   };
 
@@ -142,19 +170,17 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
       },
     },
   });
+  // The limits themselves are added below with createRateLimit (per address before auth, per key after).
   await app.register(rateLimit, {
-    global: true,
-    hook: 'onRequest',
-    max: config.rateLimitPerMinute,
-    timeWindow: 60_000,
+    global: false,
     redis,
     nameSpace: `${config.queuePrefix}:ratelimit:`,
     skipOnError: true,
-    // Per API key (its public prefix); requests without a well-formed key share a bucket per client address.
-    keyGenerator: (request) => keyPrefixOf(request.headers.authorization) ?? `ip:${request.ip}`,
-    allowList: (request) => ['/healthz', '/readyz', '/metrics'].includes(request.url.split('?')[0] ?? ''),
-    errorResponseBuilder: (_request, context) =>
-      new ApiError(429, 'too-many-requests', 'Too many requests', `rate limit of ${context.max} requests per minute exceeded; retry in ${context.after}`),
+  });
+  const auth = new Authenticator(prisma, config.authCacheTtlMs);
+  const limitPerKey = addRateLimits(app, auth, {
+    perKeyPerMinute: config.rateLimitPerMinute,
+    unauthenticatedPerMinute: config.rateLimitUnauthenticatedPerMinute,
   });
   await app.register(multipart, {
     limits: {
@@ -196,8 +222,9 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   await app.register(opsRoutes, { ctx, metrics: metrics.registry });
   if (config.adminKey) await registerAdmin(app, ctx, config.adminKey);
   await app.register(async (v1) => {
-    v1.addHook('onRequest', async (request) => {
-      request.principal = await authenticate(prisma, request.headers.authorization);
+    v1.addHook('onRequest', async (request, reply) => {
+      request.principal = await auth.authenticate(request.headers.authorization);
+      await limitPerKey(request, reply);
     });
     await v1.register(modelRoutes, { ctx });
     await v1.register(datasetRoutes, { ctx });

@@ -3,6 +3,7 @@ import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Config } from '../config.js';
 import type { PrismaClient } from '../db/client.js';
+import type { JobStates } from '../jobs/state.js';
 import type { CompressionJobData } from '../queue/index.js';
 import type { ArtifactStore } from '../store/artifacts.js';
 import type { JobEventHub } from './job-events.js';
@@ -16,6 +17,8 @@ export interface AppContext {
   queue: Queue<CompressionJobData>;
   store: ArtifactStore;
   events: JobEventHub;
+  /** the job state machine: every status change goes through it */
+  jobs: JobStates;
   /** null when analysis is disabled */
   analyzer: ModelAnalyzer | null;
 }

@@ -2,6 +2,7 @@
 // the insert failed (Redis down) or when Redis lost its data in a restart. The worker calls requeueOrphans at
 // startup (and may call it periodically) to put such jobs back on the queue.
 import type { Queue } from 'bullmq';
+import { ACTIVE_STATUSES } from '../jobs/state.js';
 import { enqueueCompressionJob, type CompressionJobData } from '../queue/index.js';
 import type { PrismaClient } from './client.js';
 
@@ -28,7 +29,7 @@ export async function requeueOrphans(
   let cursor: string | undefined;
   for (;;) {
     const rows = await prisma.job.findMany({
-      where: { status: { in: ['queued', 'running'] }, createdAt: { lte: olderThan } },
+      where: { status: { in: [...ACTIVE_STATUSES] }, createdAt: { lte: olderThan } },
       select: { id: true, tenantId: true },
       orderBy: { id: 'asc' },
       take: batchSize,

@@ -8,6 +8,7 @@ import { UnrecoverableError, type Job, type Processor } from 'bullmq';
 import type { Logger } from 'pino';
 import { Prisma, type PrismaClient } from '@prisma/client';
 import type { Config } from '../config.js';
+import { isTerminal, type JobStates } from '../jobs/state.js';
 import type { CancelBus } from '../queue/cancel.js';
 import type { CompressionJobData, JobProgress } from '../queue/index.js';
 import type { ArtifactStore } from '../store/artifacts.js';
@@ -60,6 +61,8 @@ export interface ProcessorDeps {
   store: ArtifactStore;
   logger: Logger;
   cancels: CancelBus;
+  /** the job state machine: every status change goes through it */
+  jobs: JobStates;
   workerId: string;
   /** Defaults to verify.ts's verifyAndMeasure, loaded on first use; null skips measurement. */
   measure?: MeasureFn | null;
@@ -70,8 +73,6 @@ export interface ProcessorDeps {
   /** Observer for operators' tooling and fault tests: the engine of `jobId` now runs as group `pgid`. */
   onEngineStarted?: (info: { jobId: string; pgid: number; attempt: number }) => void;
 }
-
-const TERMINAL = new Set(['succeeded', 'failed', 'canceled']);
 
 export function jobDirFor(storageDir: string, jobId: string): string {
   return path.join(storageDir, 'jobs', jobId);
@@ -84,23 +85,15 @@ async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
   await rename(tmp, file);
 }
 
-/** Hard link when on the same filesystem (no copy of a 500 MB model), copy otherwise. */
-async function linkOrCopy(source: string, target: string): Promise<void> {
+/** Copies a store object into the job directory (a hard link on the file store); kept across attempts. */
+async function stageInput(store: ArtifactStore, key: string, target: string): Promise<void> {
   try {
     await stat(target);
     return; // staged by an earlier attempt of this job
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
-  const tmp = `${target}.${randomUUID()}.tmp`;
-  try {
-    await link(source, tmp);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code !== 'EXDEV' && code !== 'EPERM' && code !== 'EMLINK') throw err;
-    await copyFile(source, tmp);
-  }
-  await rename(tmp, target);
+  await store.fetchTo(key, target);
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {
@@ -219,7 +212,7 @@ class JobRun {
   constructor(private readonly deps: ProcessorDeps, private readonly job: Job<CompressionJobData>) {
     this.jobId = job.data.jobId;
     this.log = deps.logger.child({ jobId: this.jobId, attempt: job.attemptsMade + 1 });
-    this.jobDir = jobDirFor(deps.config.storageDir, this.jobId);
+    this.jobDir = jobDirFor(deps.config.workDir, this.jobId);
     this.enginePidFile = path.join(this.jobDir, 'engine.pid');
     this.throttle = new ProgressThrottle(
       (p) => this.writeProgress(p),
@@ -231,7 +224,7 @@ class JobRun {
     const { prisma } = this.deps;
     const row = await prisma.job.findUnique({ where: { id: this.jobId }, include: { model: true, dataset: true } });
     if (!row) throw new UnrecoverableError(`job ${this.jobId} has no database row; it was deleted or never created`);
-    if (TERMINAL.has(row.status)) {
+    if (isTerminal(row.status)) {
       this.log.info({ status: row.status }, 'job already finished in the database; not running it again');
       return { status: 'skipped', reason: `job is ${row.status}` };
     }
@@ -242,29 +235,17 @@ class JobRun {
     const maxClaims = (this.job.opts.attempts ?? 1) + EXTRA_CLAIMS;
     if (row.attempts >= maxClaims) {
       const message = `the job was started ${row.attempts} times without finishing (its workers died); giving up`;
-      await markFailedIfUnfinished(prisma, this.jobId, message);
+      await this.deps.jobs.fail(this.jobId, { category: 'internal', message });
       this.log.error({ attempts: row.attempts }, message);
       throw new UnrecoverableError(message);
     }
 
     // Claim the row only while it is still queued/running: a cancel that lands in between wins.
-    const claimed = await prisma.job.updateMany({
-      where: { id: this.jobId, status: { in: ['queued', 'running'] } },
-      data: {
-        status: 'running',
-        attempts: { increment: 1 },
-        startedAt: row.startedAt ?? new Date(),
-        workerId: this.deps.workerId,
-        stage: 'staging',
-        errorCategory: null,
-        errorMessage: null,
-      },
-    });
-    if (claimed.count === 0) {
+    const claimed = await this.deps.jobs.claim(this.jobId, { workerId: this.deps.workerId, attempt: this.job.attemptsMade + 1 });
+    if (!claimed) {
       this.log.info('job was canceled before it started');
       return { status: 'skipped', reason: 'canceled before start' };
     }
-    await this.event('status', { status: 'running', attempt: this.job.attemptsMade + 1, workerId: this.deps.workerId });
     this.log.info({ model: row.modelId, dataset: row.datasetId ?? row.builtinDataset }, 'job started');
 
     const options = isRecord(row.options) ? row.options : {};
@@ -297,12 +278,12 @@ class JobRun {
     await mkdir(workDir, { recursive: true });
 
     const modelPath = path.join(this.jobDir, 'input.onnx');
-    await linkOrCopy(store.pathFor(row.model.storageKey), modelPath);
+    await stageInput(store, row.model.storageKey, modelPath);
     let dataset: string | null = row.builtinDataset;
     if (row.dataset) {
       // The engine picks the reader by extension (npz | zip); store objects have none.
       dataset = path.join(this.jobDir, `dataset.${row.dataset.format}`);
-      await linkOrCopy(store.pathFor(row.dataset.storageKey), dataset);
+      await stageInput(store, row.dataset.storageKey, dataset);
     }
 
     // Rule latency: onnxruntime-node times the engine's candidate layers first; the engine gets the table.
@@ -358,24 +339,13 @@ class JobRun {
     await this.throttle.flush();
     await this.throttle.close();
 
-    const { prisma } = this.deps;
-    const finished = await prisma.$transaction(async (tx) => {
-      // Guarded on status: a cancel that raced the last stage wins, and a second worker that somehow
-      // ran the same job cannot mark it succeeded twice.
-      const updated = await tx.job.updateMany({
-        where: { id: this.jobId, status: 'running' },
-        data: {
-          status: 'succeeded',
-          stage: 'done',
-          progress: 1,
-          finishedAt: new Date(),
-          report: fullReport as Prisma.InputJsonValue,
-          metrics: metrics as Prisma.InputJsonValue,
-          errorCategory: null,
-          errorMessage: null,
-        },
-      });
-      if (updated.count === 0) return false;
+    // Guarded on status: a cancel that raced the last stage wins, and a second worker that somehow
+    // ran the same job cannot mark it succeeded twice.
+    const finished = await this.deps.jobs.succeed(this.jobId, {
+      report: fullReport as Prisma.InputJsonValue,
+      metrics: metrics as Prisma.InputJsonValue,
+      event: { sha256: stored.sha256, bytes: stored.bytes },
+      within: async (tx) => {
       await tx.artifact.upsert({
         where: { jobId: this.jobId },
         create: { jobId: this.jobId, kind: 'model', sha256: stored.sha256, bytes: BigInt(stored.bytes), storageKey: stored.key },
@@ -385,11 +355,8 @@ class JobRun {
       if (metricRows.length > 0) {
         await tx.metric.createMany({ data: metricRows.map((m) => ({ jobId: this.jobId, ...m })) });
       }
-      await tx.jobEvent.create({
-        data: { jobId: this.jobId, type: 'status', data: { status: 'succeeded', sha256: stored.sha256, bytes: stored.bytes } },
-      });
-      return true;
-    }, { maxWait: 10_000, timeout: 30_000 }); // a loaded machine can take more than Prisma's 2 s / 5 s defaults
+      },
+    });
     // The row is final by now; if Redis lost the BullMQ job meanwhile (a restart), this update cannot land
     // and must not turn a finished job into a retry.
     await this.job
@@ -505,11 +472,7 @@ class JobRun {
   /** Throttled sink: Redis (SSE listeners), the job row, and the event log. */
   private async writeProgress(p: JobProgress): Promise<void> {
     await this.job.updateProgress(p);
-    await this.deps.prisma.job.updateMany({
-      where: { id: this.jobId, status: 'running' },
-      data: { stage: p.stage, progress: p.percent / 100 },
-    });
-    await this.event('progress', p as unknown as Prisma.InputJsonValue);
+    await this.deps.jobs.progress(this.jobId, p);
   }
 
   private async event(type: string, data: Prisma.InputJsonValue): Promise<void> {
@@ -601,15 +564,11 @@ class JobRun {
     const attempts = this.job.opts.attempts ?? 1;
     const retryable = !(error instanceof UnrecoverableError);
     const lastAttempt = this.job.attemptsMade + 1 >= attempts;
-    const { prisma } = this.deps;
+    const { jobs } = this.deps;
 
     if (error instanceof JobCanceledError) {
       // The API normally wrote `canceled` already (and its event); this covers a cancel seen only by us.
-      const updated = await prisma.job.updateMany({
-        where: { id: this.jobId, status: { in: ['queued', 'running'] } },
-        data: { status: 'canceled', errorCategory: 'canceled', errorMessage: 'canceled by the client', finishedAt: new Date() },
-      });
-      if (updated.count > 0) await this.event('status', { status: 'canceled' });
+      await this.deps.jobs.cancel(this.jobId);
       await this.removeJobDir();
       this.log.info('job canceled; engine stopped');
       return error;
@@ -625,24 +584,20 @@ class JobRun {
             : 'internal';
 
     if (retryable && !lastAttempt) {
-      const requeued = await prisma.job.updateMany({
-        where: { id: this.jobId, status: 'running' },
-        data: { status: 'queued', stage: 'retrying', errorCategory: category, errorMessage: error.message },
+      const requeued = await jobs.requeue(this.jobId, {
+        category,
+        message: error.message,
+        event: { attempt: this.job.attemptsMade + 1, of: attempts },
       });
-      if (requeued.count === 0) {
+      if (!requeued) {
         this.log.warn({ err: error, category }, 'attempt failed after the job row left running; nothing to retry');
         return error;
       }
-      await this.event('retry', { category, message: error.message, attempt: this.job.attemptsMade + 1, of: attempts });
       this.log.warn({ err: error, category }, 'attempt failed; BullMQ will retry (job dir kept for the engine checkpoints)');
       return error;
     }
 
-    await prisma.job.updateMany({
-      where: { id: this.jobId, status: { in: ['queued', 'running'] } },
-      data: { status: 'failed', errorCategory: category, errorMessage: error.message, finishedAt: new Date() },
-    });
-    await this.event('status', { status: 'failed', category, message: error.message });
+    await jobs.fail(this.jobId, { category, message: error.message });
     await this.removeJobDir();
     this.log.error({ err: error, category }, 'job failed');
     return error;
@@ -657,17 +612,6 @@ class JobRun {
  * For jobs BullMQ failed without our processor getting to write the row (stalled too often after worker
  * crashes): mark the row failed so it does not stay `running` forever.
  */
-export async function markFailedIfUnfinished(
-  prisma: PrismaClient,
-  jobId: string,
-  message: string,
-): Promise<boolean> {
-  const updated = await prisma.job.updateMany({
-    where: { id: jobId, status: { in: ['queued', 'running'] } },
-    data: { status: 'failed', errorCategory: 'internal', errorMessage: message, finishedAt: new Date() },
-  });
-  if (updated.count > 0) {
-    await prisma.jobEvent.create({ data: { jobId, type: 'status', data: { status: 'failed', category: 'internal', message } } });
-  }
-  return updated.count > 0;
+export async function markFailedIfUnfinished(jobs: JobStates, jobId: string, message: string): Promise<boolean> {
+  return (await jobs.fail(jobId, { category: 'internal', message })) !== null;
 }

@@ -10,10 +10,11 @@ import { pino, type Logger } from 'pino';
 import type { Config } from '../config.js';
 import { createPrisma, type PrismaClient } from '../db/client.js';
 import { migrate } from '../db/migrate.js';
+import { ACTIVE_STATUSES, JobStates } from '../jobs/state.js';
 import { CancelBus } from '../queue/cancel.js';
 import { requeueOrphans } from '../db/reconcile.js';
 import { COMPRESSION_QUEUE, createCompressionQueue, type CompressionJobData } from '../queue/index.js';
-import { ArtifactStore } from '../store/artifacts.js';
+import { createStore } from '../store/index.js';
 import { createJobProcessor, markFailedIfUnfinished, type JobOutcome, type MeasureFn, type ProcessorDeps } from './jobs.js';
 
 export interface StartWorkerOptions {
@@ -34,6 +35,8 @@ export interface RunningWorker {
   workerId: string;
   worker: Worker<CompressionJobData, JobOutcome>;
   prisma: PrismaClient;
+  /** the worker's job state machine (register terminal hooks here) */
+  jobs: JobStates;
   /** Stops taking jobs, lets running ones finish, then closes every connection. */
   close(): Promise<void>;
 }
@@ -65,7 +68,7 @@ export async function sweepJobDirs(prisma: PrismaClient, storageDir: string, log
   const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
   const ids = names.filter((n) => uuid.test(n));
   const alive = await prisma.job.findMany({
-    where: { id: { in: ids }, status: { in: ['queued', 'running'] } },
+    where: { id: { in: ids }, status: { in: [...ACTIVE_STATUSES] } },
     select: { id: true },
   });
   const keep = new Set(alive.map((j) => j.id));
@@ -85,7 +88,7 @@ export async function startWorker(config: Config, options: StartWorkerOptions = 
 
   await migrate(config.databaseUrl);
   const prisma = createPrisma(config.databaseUrl);
-  const store = new ArtifactStore(config.storageDir);
+  const store = await createStore(config);
   const cancels = await CancelBus.connect(config.redisUrl, config.queuePrefix, (err) =>
     logger.warn({ err: err.message }, 'cancel subscriber: redis connection error'),
   );
@@ -93,8 +96,14 @@ export async function startWorker(config: Config, options: StartWorkerOptions = 
   const connection = new Redis(config.redisUrl, { maxRetriesPerRequest: null });
 
   const producer = createCompressionQueue(connection, config.queuePrefix);
+  const jobs = new JobStates({
+    prisma,
+    publisher: connection,
+    prefix: config.queuePrefix,
+    onPublishError: (err, message) => logger.warn({ jobId: message.jobId, err: err.message }, 'job event not published'),
+  });
 
-  await sweepJobDirs(prisma, config.storageDir, logger);
+  await sweepJobDirs(prisma, config.workDir, logger);
   await store.cleanupTemp(TEMP_MAX_AGE_MS);
   const reconcile = async (): Promise<void> => {
     const result = await requeueOrphans(prisma, producer, { olderThanMs: ORPHAN_MIN_AGE_MS });
@@ -112,6 +121,7 @@ export async function startWorker(config: Config, options: StartWorkerOptions = 
     store,
     logger,
     cancels,
+    jobs,
     workerId,
     ...(options.measure !== undefined ? { measure: options.measure } : {}),
     ...(options.measureRuns !== undefined ? { measureRuns: options.measureRuns } : {}),
@@ -135,7 +145,7 @@ export async function startWorker(config: Config, options: StartWorkerOptions = 
       .getState()
       .then(async (state) => {
         if (state !== 'failed') return;
-        const marked = await markFailedIfUnfinished(prisma, job.data.jobId, err.message);
+        const marked = await markFailedIfUnfinished(jobs, job.data.jobId, err.message);
         if (marked) logger.error({ jobId: job.data.jobId, err }, 'BullMQ failed the job; row marked failed');
       })
       .catch((e: unknown) => logger.error({ jobId: job.data.jobId, err: e }, 'could not reconcile a failed job'));
@@ -159,5 +169,5 @@ export async function startWorker(config: Config, options: StartWorkerOptions = 
     })();
     return closing;
   };
-  return { workerId, worker, prisma, close };
+  return { workerId, worker, prisma, jobs, close };
 }

@@ -1,5 +1,7 @@
 // Compression jobs: create (DB row first, then enqueue), list, inspect, follow (SSE), cancel, download.
 import type { Job } from '@prisma/client';
+import { isTerminal } from '../../jobs/state.js';
+import { jobView } from '../../jobs/view.js';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import type { ServerResponse } from 'node:http';
 import { z } from 'zod';
@@ -21,7 +23,8 @@ import {
 } from '../schemas.js';
 import { AUTH, canonicalJson, isUniqueViolation, listPage, problems, sha256Hex } from './common.js';
 
-const TERMINAL = new Set(['succeeded', 'failed', 'canceled']);
+export { jobView };
+
 /** How long POST /v1/jobs waits for Redis before leaving the row for the reconciler. */
 const ENQUEUE_TIMEOUT_MS = 3000;
 /** SSE: how often the DB (the source of truth) is re-read, and the keep-alive comment interval. */
@@ -37,36 +40,8 @@ const IdempotencyHeadersSchema = z.object({
     .optional(),
 });
 
-function numberRecord(value: unknown): Record<string, number> | null {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) return null;
-  const out: Record<string, number> = {};
-  for (const [key, v] of Object.entries(value)) if (typeof v === 'number') out[key] = v;
-  return out;
-}
-
-export function jobView(job: Job) {
-  const report = job.report as { timings?: unknown } | null;
-  return {
-    id: job.id,
-    status: job.status,
-    stage: job.stage,
-    progress: job.progress,
-    percent: Math.round(job.progress * 1000) / 10,
-    modelId: job.modelId,
-    datasetId: job.datasetId ?? job.builtinDataset,
-    options: job.options as Record<string, unknown>,
-    attempts: job.attempts,
-    createdAt: job.createdAt.toISOString(),
-    startedAt: job.startedAt?.toISOString() ?? null,
-    finishedAt: job.finishedAt?.toISOString() ?? null,
-    timings: numberRecord(report?.timings),
-    metrics: (job.metrics as Record<string, unknown> | null) ?? null,
-    error: job.errorCategory ? { category: job.errorCategory, message: job.errorMessage ?? '' } : null,
-  };
-}
-
 export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app, { ctx }) => {
-  const { prisma, queue, store, redis, events } = ctx;
+  const { prisma, queue, store, redis, events, jobs } = ctx;
   const openStreams = new Set<() => void>();
   // preClose, not onClose: the server waits for open connections before onClose runs, and an SSE stream
   // stays open until the job ends.
@@ -133,23 +108,20 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
 
       let job: Job;
       try {
-        job = await prisma.job.create({
-          data: {
-            tenantId,
-            modelId: model.id,
-            datasetId,
-            builtinDataset,
-            options: body.options as object,
-            idempotencyKey: idempotencyKey ?? null,
-            requestHash,
-          },
+        job = await jobs.create({
+          tenantId,
+          modelId: model.id,
+          datasetId,
+          builtinDataset,
+          options: body.options as object,
+          idempotencyKey: idempotencyKey ?? null,
+          requestHash,
         });
       } catch (err) {
         // A concurrent request with the same Idempotency-Key won the insert.
         if (isUniqueViolation(err) && (await replay())) return reply;
         throw err;
       }
-      await prisma.jobEvent.create({ data: { jobId: job.id, type: 'status', data: { status: 'queued' } } });
       try {
         await withTimeout(enqueueCompressionJob(queue, { jobId: job.id, tenantId }), ENQUEUE_TIMEOUT_MS);
       } catch (err) {
@@ -216,14 +188,10 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
       const job = await findJob(tenantId, request.params.id);
       const refuse = (status: string) =>
         new ConflictError(`job ${job.id} is already ${status}; only queued or running jobs can be canceled`);
-      if (TERMINAL.has(job.status)) throw refuse(job.status);
-      const updated = await prisma.job.updateMany({
-        where: { id: job.id, tenantId, status: { in: ['queued', 'running'] } },
-        data: { status: 'canceled', finishedAt: new Date(), errorCategory: 'canceled', errorMessage: 'canceled by the client' },
-      });
-      if (updated.count === 0) throw refuse((await findJob(tenantId, job.id)).status);
-      await prisma.jobEvent.create({ data: { jobId: job.id, type: 'status', data: { status: 'canceled', from: job.status } } });
-      if (job.status === 'queued') {
+      if (isTerminal(job.status)) throw refuse(job.status);
+      const canceled = await jobs.cancel(job.id, { tenantId });
+      if (!canceled) throw refuse((await findJob(tenantId, job.id)).status);
+      if (canceled.from === 'queued') {
         try {
           await (await queue.getJob(job.id))?.remove();
         } catch (err) {
@@ -236,8 +204,8 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
       } catch (err) {
         request.log.warn({ jobId: job.id, err: (err as Error).message }, 'cancel notification not published; the worker will see the DB state');
       }
-      request.log.info({ jobId: job.id, from: job.status }, 'job canceled');
-      return jobView(await findJob(tenantId, job.id));
+      request.log.info({ jobId: job.id, from: canceled.from }, 'job canceled');
+      return jobView(canceled.job);
     },
   );
 
@@ -365,7 +333,7 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
       };
       let last = jobView(job);
       send('status', last);
-      if (TERMINAL.has(job.status)) {
+      if (isTerminal(job.status)) {
         unsubscribe();
         raw.end();
         return;
@@ -393,7 +361,7 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
             last = view;
             send('status', view);
           }
-          if (TERMINAL.has(current.status)) end();
+          if (isTerminal(current.status)) end();
         } catch (err) {
           // A database hiccup: keep the stream open and try again at the next tick.
           request.log.warn({ jobId: job.id, err: (err as Error).message }, 'SSE status check failed');
