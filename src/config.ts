@@ -39,6 +39,18 @@ const configSchema = z.object({
   RATE_LIMIT_PER_MINUTE: intFromEnv(600, 1),
   ORT_THREADS: intFromEnv(1, 1),
   ENGINE_THREADS: intFromEnv(2, 1),
+  // Tenant isolation (issue 12): see docs/security.md for what each limit protects.
+  RATE_LIMIT_UNAUTHENTICATED_PER_MINUTE: intFromEnv(120, 1),
+  AUTH_CACHE_TTL_MS: intFromEnv(10_000, 0),
+  HTTP_HEADERS_TIMEOUT_MS: intFromEnv(10_000, 1000),
+  HTTP_REQUEST_TIMEOUT_MS: intFromEnv(10 * 60_000, 1000),
+  UPLOAD_IDLE_TIMEOUT_MS: intFromEnv(30_000, 100),
+  SSE_MAX_STREAMS_PER_TENANT: intFromEnv(50, 1),
+  JOB_MAX_MEMORY_MB: intFromEnv(8192, 64),
+  JOB_MAX_COMPUTE_SECONDS: intFromEnv(3600, 1),
+  ENGINE_MACS_PER_SECOND: intFromEnv(4_000_000_000, 1),
+  TENANT_MAX_ACTIVE_JOBS: intFromEnv(20, 1),
+  TENANT_MAX_COMPUTE_SECONDS_PER_HOUR: intFromEnv(4 * 3600, 1),
 });
 
 export interface Config {
@@ -65,6 +77,25 @@ export interface Config {
   rateLimitPerMinute: number;
   ortThreads: number;
   engineThreads: number;
+  /** per client address, for requests without an API key this process has recently verified */
+  rateLimitUnauthenticatedPerMinute: number;
+  /** how long a verified API key is trusted without a database read (a revocation takes effect within it) */
+  authCacheTtlMs: number;
+  /** a request's headers must arrive within this; the whole request (body included) within httpRequestTimeoutMs */
+  httpHeadersTimeoutMs: number;
+  httpRequestTimeoutMs: number;
+  /** an upload that sends no byte for this long is cut with 408 and its temp file removed */
+  uploadIdleTimeoutMs: number;
+  /** open GET /v1/jobs/:id/events streams per tenant and API process */
+  sseMaxStreamsPerTenant: number;
+  /** per-job limits checked on the resource estimate before a job is queued */
+  jobMaxMemoryMb: number;
+  jobMaxComputeSeconds: number;
+  /** the engine's measured training throughput, multiply-accumulates per second (see docs/security.md) */
+  engineMacsPerSecond: number;
+  /** per-tenant quotas: queued + running jobs, and estimated compute seconds of the jobs created in the last hour */
+  tenantMaxActiveJobs: number;
+  tenantMaxComputeSecondsPerHour: number;
 }
 
 export class ConfigError extends Error {
@@ -107,5 +138,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     rateLimitPerMinute: e.RATE_LIMIT_PER_MINUTE,
     ortThreads: e.ORT_THREADS,
     engineThreads: e.ENGINE_THREADS,
+    rateLimitUnauthenticatedPerMinute: e.RATE_LIMIT_UNAUTHENTICATED_PER_MINUTE,
+    authCacheTtlMs: e.AUTH_CACHE_TTL_MS,
+    httpHeadersTimeoutMs: e.HTTP_HEADERS_TIMEOUT_MS,
+    httpRequestTimeoutMs: e.HTTP_REQUEST_TIMEOUT_MS,
+    uploadIdleTimeoutMs: e.UPLOAD_IDLE_TIMEOUT_MS,
+    sseMaxStreamsPerTenant: e.SSE_MAX_STREAMS_PER_TENANT,
+    jobMaxMemoryMb: e.JOB_MAX_MEMORY_MB,
+    jobMaxComputeSeconds: e.JOB_MAX_COMPUTE_SECONDS,
+    engineMacsPerSecond: e.ENGINE_MACS_PER_SECOND,
+    tenantMaxActiveJobs: e.TENANT_MAX_ACTIVE_JOBS,
+    tenantMaxComputeSecondsPerHour: e.TENANT_MAX_COMPUTE_SECONDS_PER_HOUR,
   };
 }

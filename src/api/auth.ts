@@ -45,21 +45,79 @@ export interface Principal {
 }
 
 export async function authenticate(prisma: PrismaClient, authorization: string | undefined): Promise<Principal> {
+  const key = presentedKey(authorization);
+  return verify(prisma, key, hashApiKey(key));
+}
+
+/** The key in a well-formed `Bearer tk_…` header; anything else is refused with a detail that says why. */
+function presentedKey(authorization: string | undefined): string {
   if (!authorization) {
     throw new UnauthorizedError('missing Authorization header; send "Authorization: Bearer <api key>" (create one with `npm run cli -- keys create --tenant NAME`)');
   }
   const bearer = /^Bearer\s+(\S+)$/i.exec(authorization);
   if (!bearer) throw new UnauthorizedError('the Authorization header must be "Bearer <api key>"');
   const key = bearer[1] ?? '';
-  const parts = KEY_PATTERN.exec(key);
-  if (!parts) throw new UnauthorizedError('malformed API key; keys look like tk_<12 hex>_<32 chars>');
-  const row = await prisma.apiKey.findUnique({ where: { prefix: parts[1] ?? '' } });
-  const presented = Buffer.from(hashApiKey(key), 'hex');
+  if (!KEY_PATTERN.test(key)) throw new UnauthorizedError('malformed API key; keys look like tk_<12 hex>_<32 chars>');
+  return key;
+}
+
+async function verify(prisma: PrismaClient, key: string, hash: string): Promise<Principal> {
+  const prefix = KEY_PATTERN.exec(key)?.[1] ?? '';
+  const row = await prisma.apiKey.findUnique({ where: { prefix } });
+  const presented = Buffer.from(hash, 'hex');
   const expected = Buffer.from(row?.hash ?? DUMMY_HASH, 'hex');
   const matches = timingSafeEqual(presented, expected) && row !== null;
   if (!matches || !row) throw new UnauthorizedError('invalid API key; check the key or create a new one');
   if (row.revokedAt) throw new UnauthorizedError('this API key was revoked; create a new one');
   return { tenantId: row.tenantId, apiKeyId: row.id };
+}
+
+/**
+ * Authentication with a short-lived in-process cache of verified keys, so a valid request costs no database
+ * round trip. Entries are keyed by the sha256 of the whole key (a wrong secret never hits an entry) and live
+ * `ttlMs`: a key revoked in the database is still accepted by this process for at most that long. Failures
+ * are not cached; they are throttled per client address before authentication runs (see app.ts).
+ */
+export class Authenticator {
+  private readonly verified = new Map<string, { principal: Principal; expiresAt: number }>();
+
+  constructor(
+    private readonly prisma: PrismaClient,
+    private readonly ttlMs: number,
+    private readonly maxEntries = 10_000,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  async authenticate(authorization: string | undefined): Promise<Principal> {
+    const key = presentedKey(authorization);
+    const hash = hashApiKey(key);
+    const cached = this.lookup(hash);
+    if (cached) return cached;
+    const principal = await verify(this.prisma, key, hash);
+    if (this.ttlMs > 0) {
+      // A Map iterates in insertion order: when full, the oldest entry goes.
+      if (this.verified.size >= this.maxEntries) this.verified.delete(this.verified.keys().next().value as string);
+      this.verified.set(hash, { principal, expiresAt: this.now() + this.ttlMs });
+    }
+    return principal;
+  }
+
+  /** Whether this header carries a key verified within the TTL (no database read, no side effect but expiry). */
+  isVerified(authorization: string | undefined): boolean {
+    const match = /^Bearer\s+(\S+)$/i.exec(authorization ?? '');
+    if (!match || !KEY_PATTERN.test(match[1] ?? '')) return false;
+    return this.lookup(hashApiKey(match[1] ?? '')) !== undefined;
+  }
+
+  private lookup(hash: string): Principal | undefined {
+    const entry = this.verified.get(hash);
+    if (!entry) return undefined;
+    if (entry.expiresAt <= this.now()) {
+      this.verified.delete(hash);
+      return undefined;
+    }
+    return entry.principal;
+  }
 }
 
 declare module 'fastify' {

@@ -177,7 +177,9 @@ export function registerErrorHandlers(app: FastifyInstance): void {
     if (apiError) {
       if (apiError.status >= 500) request.log.warn({ err: error }, apiError.message);
       else request.log.info({ status: apiError.status, detail: apiError.message }, 'request refused');
-      return sendProblem(reply, problemOf(apiError, request.url));
+      // A request cut for a timeout still has unread body bytes: the connection cannot be reused.
+      if (apiError.status === 408) reply.header('connection', 'close');
+      return sendProblem(reply, problemOf(apiError, request.url.split('?')[0] ?? '/'));
     }
     request.log.error({ err: error }, 'unhandled error');
     return sendProblem(reply, {
@@ -185,7 +187,7 @@ export function registerErrorHandlers(app: FastifyInstance): void {
       title: 'Internal server error',
       status: 500,
       detail: `an unexpected error occurred; quote request id ${request.id} when reporting it`,
-      instance: request.url,
+      instance: request.url.split('?')[0],
     });
   });
 
@@ -195,7 +197,7 @@ export function registerErrorHandlers(app: FastifyInstance): void {
       title: 'Not found',
       status: 404,
       detail: `no route ${request.method} ${request.url.split('?')[0]}; see /openapi.yaml for the available routes`,
-      instance: request.url,
+      instance: request.url.split('?')[0],
     }),
   );
 }
