@@ -10,6 +10,10 @@ const defaultRepoRoot = path.basename(repoRoot) === 'dist' ? path.dirname(repoRo
 const MB = 1024 * 1024;
 
 const intFromEnv = (fallback: number, min: number) => z.coerce.number().int().min(min).default(fallback);
+const boolFromEnv = z
+  .enum(['true', 'false'], { error: 'must be true or false' })
+  .default('false')
+  .transform((v) => v === 'true');
 
 const configSchema = z.object({
   PORT: z.coerce.number().int().min(0).max(65535).default(8080),
@@ -22,6 +26,22 @@ const configSchema = z.object({
     .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
     .default('redis://127.0.0.1:6379'),
   STORAGE_DIR: z.string().min(1).default('./.data/storage'),
+  STORAGE_URL: z
+    .string()
+    .regex(/^(file:\/\/\/.|s3:\/\/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](\/.*)?$)/, 'must be file:///abs/path or s3://bucket[/prefix]')
+    .optional(),
+  WORK_DIR: z.string().min(1).optional(),
+  S3_ENDPOINT: z.url({ error: 'must be a URL, e.g. http://minio:9000' }).optional(),
+  S3_FORCE_PATH_STYLE: boolFromEnv,
+  S3_PRESIGN_DOWNLOADS: boolFromEnv,
+  S3_PRESIGN_EXPIRES_SECONDS: intFromEnv(300, 1),
+  AWS_REGION: z.string().min(1).default('us-east-1'),
+  CHECKPOINT_SYNC_MS: intFromEnv(60_000, 100),
+  WORKER_METRICS_PORT: z.coerce.number().int().min(0).max(65535).default(9464),
+  WEBHOOK_ALLOW_PRIVATE: boolFromEnv,
+  WEBHOOK_TIMEOUT_MS: intFromEnv(10_000, 100),
+  WEBHOOK_ATTEMPTS: intFromEnv(8, 1),
+  WEBHOOK_BACKOFF_MS: intFromEnv(60_000, 1),
   ENGINE_PYTHON: z.string().min(1).default('/usr/bin/python3'),
   ENGINE_DIR: z.string().min(1).default(path.join(defaultRepoRoot, 'engine')),
   WORKER_CONCURRENCY: intFromEnv(1, 1),
@@ -58,8 +78,16 @@ export interface Config {
   host: string;
   databaseUrl: string;
   redisUrl: string;
-  /** absolute path */
+  /** absolute path; the file store's root (STORAGE_URL file:///… or STORAGE_DIR) */
   storageDir: string;
+  storage: StorageConfig;
+  /** absolute path; local scratch for job directories and the S3 store's cache (WORK_DIR, default storageDir) */
+  workDir: string;
+  /** how often a running job's engine checkpoints are copied to the store */
+  checkpointSyncMs: number;
+  /** the worker process serves /metrics on this port (0: any free port) */
+  workerMetricsPort: number;
+  webhooks: WebhookConfig;
   enginePython: string;
   /** absolute path; PYTHONPATH for the engine */
   engineDir: string;
@@ -98,6 +126,29 @@ export interface Config {
   tenantMaxComputeSecondsPerHour: number;
 }
 
+export type StorageConfig =
+  | { kind: 'file'; dir: string }
+  | {
+      kind: 's3';
+      bucket: string;
+      /** '' or ending in '/' */
+      prefix: string;
+      endpoint: string | undefined;
+      region: string;
+      forcePathStyle: boolean;
+      presignDownloads: boolean;
+      presignExpiresSeconds: number;
+    };
+
+export interface WebhookConfig {
+  /** deliver to loopback/private/link-local addresses (local development and tests only) */
+  allowPrivate: boolean;
+  timeoutMs: number;
+  attempts: number;
+  /** first retry delay; each further one doubles */
+  backoffMs: number;
+}
+
 export class ConfigError extends Error {
   override name = 'ConfigError';
 }
@@ -118,12 +169,24 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
   }
   const e = parsed.data;
+  const storage = storageFrom(e);
+  const storageDir = storage.kind === 'file' ? storage.dir : path.resolve(e.STORAGE_DIR);
   return {
     port: e.PORT,
     host: e.HOST,
     databaseUrl: e.DATABASE_URL,
     redisUrl: e.REDIS_URL,
-    storageDir: path.resolve(e.STORAGE_DIR),
+    storageDir,
+    storage,
+    workDir: e.WORK_DIR ? path.resolve(e.WORK_DIR) : storageDir,
+    checkpointSyncMs: e.CHECKPOINT_SYNC_MS,
+    workerMetricsPort: e.WORKER_METRICS_PORT,
+    webhooks: {
+      allowPrivate: e.WEBHOOK_ALLOW_PRIVATE,
+      timeoutMs: e.WEBHOOK_TIMEOUT_MS,
+      attempts: e.WEBHOOK_ATTEMPTS,
+      backoffMs: e.WEBHOOK_BACKOFF_MS,
+    },
     enginePython: e.ENGINE_PYTHON,
     engineDir: path.resolve(e.ENGINE_DIR),
     workerConcurrency: e.WORKER_CONCURRENCY,
@@ -149,5 +212,23 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     engineMacsPerSecond: e.ENGINE_MACS_PER_SECOND,
     tenantMaxActiveJobs: e.TENANT_MAX_ACTIVE_JOBS,
     tenantMaxComputeSecondsPerHour: e.TENANT_MAX_COMPUTE_SECONDS_PER_HOUR,
+  };
+}
+
+function storageFrom(e: z.infer<typeof configSchema>): StorageConfig {
+  const url = e.STORAGE_URL;
+  if (!url) return { kind: 'file', dir: path.resolve(e.STORAGE_DIR) };
+  if (url.startsWith('file://')) return { kind: 'file', dir: path.resolve(fileURLToPath(url)) };
+  const [bucket, ...rest] = url.slice('s3://'.length).split('/');
+  const prefix = rest.join('/').replace(/^\/+|\/+$/g, '');
+  return {
+    kind: 's3',
+    bucket: bucket!,
+    prefix: prefix ? `${prefix}/` : '',
+    endpoint: e.S3_ENDPOINT,
+    region: e.AWS_REGION,
+    forcePathStyle: e.S3_FORCE_PATH_STYLE,
+    presignDownloads: e.S3_PRESIGN_DOWNLOADS,
+    presignExpiresSeconds: e.S3_PRESIGN_EXPIRES_SECONDS,
   };
 }

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pino from 'pino';
 import { ModelAnalyzer, totalsFromAnalysis } from '../src/api/model-analysis.js';
-import { ArtifactStore } from '../src/store/artifacts.js';
+import { FileStore } from '../src/store/artifacts.js';
 import { startTestApp, type TestApp } from './helpers/app.js';
 import { createFixtures, type Fixtures } from './helpers/fixtures.js';
 
@@ -34,7 +34,7 @@ describe('ModelAnalyzer', () => {
   async function modelRow(): Promise<{ id: string; path: string }> {
     const res = await t.http().post('/v1/models').set(t.authA).attach('file', fx.tiny);
     const row = await t.env.prisma.onnxModel.findUniqueOrThrow({ where: { id: res.body.id } });
-    return { id: row.id, path: new ArtifactStore(t.env.config.storageDir).pathFor(row.storageKey) };
+    return { id: row.id, path: new FileStore(t.env.config.storageDir).pathFor(row.storageKey) };
   }
 
   test('fills params and MACs from the engine', async () => {

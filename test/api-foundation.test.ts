@@ -9,7 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import { ConfigError, loadConfig } from '../src/config.js';
 import { migrate, MigrationError } from '../src/db/migrate.js';
-import { ArtifactNotFoundError, ArtifactStore, PayloadTooLargeError } from '../src/store/artifacts.js';
+import { ArtifactNotFoundError, FileStore, PayloadTooLargeError } from '../src/store/artifacts.js';
 
 describe('loadConfig', () => {
   test('defaults', () => {
@@ -117,12 +117,12 @@ describe('migrate', () => {
   });
 });
 
-describe('ArtifactStore', () => {
+describe('FileStore', () => {
   let root: string;
-  let store: ArtifactStore;
+  let store: FileStore;
   before(async () => {
     root = await mkdtemp(path.join(os.tmpdir(), 'tuckerize-store-'));
-    store = new ArtifactStore(root);
+    store = new FileStore(root);
   });
   after(async () => rm(root, { recursive: true, force: true }));
 
@@ -181,6 +181,6 @@ describe('ArtifactStore', () => {
     await utimes(oldFile, hourAgo, hourAgo);
     assert.equal(await store.cleanupTemp(60_000), 1);
     assert.deepEqual(await readdir(path.join(root, 'tmp')), [path.basename(newFile)]);
-    assert.equal(await new ArtifactStore(path.join(root, 'never-used')).cleanupTemp(0), 0);
+    assert.equal(await new FileStore(path.join(root, 'never-used')).cleanupTemp(0), 0);
   });
 });

@@ -9,7 +9,7 @@ import { Redis } from 'ioredis';
 import { buildApp } from '../src/api/app.js';
 import { requeueOrphans } from '../src/db/reconcile.js';
 import { cancelChannel, COMPRESSION_QUEUE, createCompressionQueue, type JobProgress } from '../src/queue/index.js';
-import { ArtifactStore } from '../src/store/artifacts.js';
+import { FileStore } from '../src/store/artifacts.js';
 import { assertProblem, startTestApp, type TestApp } from './helpers/app.js';
 import { createFixtures, type Fixtures } from './helpers/fixtures.js';
 
@@ -257,7 +257,7 @@ describe('report and artifact', () => {
     assertProblem(await t.http().get(`/v1/jobs/${id}/artifact`).set(t.authA), 409, /is queued/);
 
     // What the worker does on success: store the compressed model, record it, attach the report.
-    const store = new ArtifactStore(t.env.config.storageDir);
+    const store = new FileStore(t.env.config.storageDir);
     const object = await store.ingestFile(fx.tiny2);
     const report = { totals: { params: { before: 314, after: 200, ratio: 1.57 } }, timings: { analyze: 0.1 } };
     await t.env.prisma.artifact.create({ data: { jobId: id, kind: 'model', sha256: object.sha256, bytes: BigInt(object.bytes), storageKey: object.key } });

@@ -12,7 +12,7 @@ import { QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { COMPRESSION_QUEUE, createCompressionQueue, enqueueCompressionJob } from '../src/queue/index.js';
-import { ArtifactStore } from '../src/store/artifacts.js';
+import { FileStore } from '../src/store/artifacts.js';
 import { startWorker } from '../src/worker/runner.js';
 import { createTestEnv } from './helpers/env.js';
 import { ENGINE_DIR, insertJob, insertModel } from './worker-fixtures.js';
@@ -52,7 +52,7 @@ test('a rule=latency job: candidates timed by the worker, table handed to the en
   });
   try {
     await events.waitUntilReady();
-    const store = new ArtifactStore(env.config.storageDir);
+    const store = new FileStore(env.config.storageDir);
     const tenant = await env.prisma.tenant.create({ data: { name: `latency-${randomBytes(3).toString('hex')}` } });
     const modelId = await insertModel(env.prisma, store, tenant.id, model, [{ name: 'input', type: 'float32', dims: [1, 64, 32, 32] }]);
     const jobId = await insertJob(env.prisma, tenant.id, modelId, { rule: 'latency', targetLatency: 0.5 });

@@ -13,7 +13,7 @@ import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { CancelBus } from '../src/queue/cancel.js';
 import { COMPRESSION_QUEUE, createCompressionQueue, enqueueCompressionJob, publishCancel, type CompressionJobData } from '../src/queue/index.js';
-import { ArtifactStore } from '../src/store/artifacts.js';
+import { FileStore } from '../src/store/artifacts.js';
 import { processGroupAlive } from '../src/worker/engine.js';
 import { jobDirFor } from '../src/worker/jobs.js';
 import { startWorker, type RunningWorker } from '../src/worker/runner.js';
@@ -24,7 +24,7 @@ const silent = pino({ level: 'silent' });
 
 interface Harness {
   env: TestEnv;
-  store: ArtifactStore;
+  store: FileStore;
   worker: RunningWorker;
   queue: Queue<CompressionJobData>;
   events: QueueEvents;
@@ -55,7 +55,7 @@ async function harness(envOverrides: Record<string, string>, hooks: { onStart?: 
   const tenant = await env.prisma.tenant.create({ data: { name: `worker-test-${randomBytes(3).toString('hex')}` } });
   return {
     env,
-    store: new ArtifactStore(env.config.storageDir),
+    store: new FileStore(env.config.storageDir),
     worker,
     queue,
     events,

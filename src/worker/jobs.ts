@@ -2,7 +2,7 @@
 // The Postgres row is the source of truth: a job already finished or canceled there is never run again,
 // and every terminal outcome is written there before the processor returns or throws.
 import { randomUUID } from 'node:crypto';
-import { copyFile, link, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { UnrecoverableError, type Job, type Processor } from 'bullmq';
 import type { Logger } from 'pino';

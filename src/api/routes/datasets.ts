@@ -60,7 +60,7 @@ export const datasetRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (
 
       let inspection;
       try {
-        inspection = await inspectDataset(store.pathFor(upload.stored.key), upload.stored.bytes);
+        inspection = await inspectDataset(await store.localPath(upload.stored.key), upload.stored.bytes);
       } catch (err) {
         await removeIfUnreferenced(prisma, store, upload.stored.key);
         throw err;

@@ -53,8 +53,10 @@ export const modelRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (ap
       if (existing) return reply.code(200).send(modelView(existing));
 
       let inspection;
+      let modelFile: string;
       try {
-        inspection = await inspectModelUpload(store.pathFor(upload.stored.key), name, config.ortThreads);
+        modelFile = await store.localPath(upload.stored.key);
+        inspection = await inspectModelUpload(modelFile, name, config.ortThreads);
       } catch (err) {
         await removeIfUnreferenced(prisma, store, upload.stored.key);
         throw err;
@@ -82,7 +84,7 @@ export const modelRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (ap
         return reply.code(200).send(modelView(raced));
       }
       request.log.info({ modelId: model.id, bytes: upload.stored.bytes, opset: inspection.summary.opset, ops: inspection.summary.opCounts }, 'model uploaded');
-      void ctx.analyzer?.schedule(model.id, store.pathFor(model.storageKey));
+      void ctx.analyzer?.schedule(model.id, modelFile);
       return reply.code(201).header('location', `/v1/models/${model.id}`).send(modelView(model));
     },
   );
