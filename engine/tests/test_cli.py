@@ -56,22 +56,31 @@ def test_compress_writes_model_and_plan(cnn_path, tmp_path, capsys):
     assert [p.name for p in tmp_path.rglob("*.tmp")] == [], "no temp files left behind"
 
 
-@pytest.mark.parametrize("args,match", [
-    (["compress", "{model}", "-o", "{tmp}/x.onnx", "--rule", "ratio", "--ratio", "1.5"], r"ratio must be in \(0, 1\]"),
-    (["compress", "{model}"], "required: -o/--output"),
-    (["analyze", "{tmp}/missing.onnx"], "does not exist"),
-    (["analyze", "{model}", "--input-shape", "1,1,x"], "--input-shape"),
-    (["analyze", "{model}", "--rule", "latency"], "latency"),
-    (["compress", "{model}", "-o", "{tmp}/x.onnx", "--rule", "budget", "--target-macs", "0.001"], "unreachable"),
-    (["frobnicate"], "invalid choice"),
+@pytest.mark.parametrize("args,match,code", [
+    (["compress", "{model}", "-o", "{tmp}/x.onnx", "--rule", "ratio", "--ratio", "1.5"], r"ratio must be in \(0, 1\]",
+     "invalid_option"),
+    (["compress", "{model}"], "required: -o/--output", "usage"),
+    (["analyze", "{tmp}/missing.onnx"], "does not exist", "invalid_model"),
+    (["analyze", "{model}", "--input-shape", "1,1,x"], "--input-shape", "usage"),
+    (["analyze", "{model}", "--rule", "latency"], "latency", "invalid_option"),
+    (["candidates", "{model}", "-o", "{tmp}/c", "--rule", "latency", "--latency-table", "{tmp}/none.json"],
+     "does not exist", "invalid_latency_table"),
+    (["compress", "{model}", "-o", "{tmp}/x.onnx", "--rule", "budget", "--target-macs", "0.001"], "unreachable",
+     "invalid_option"),
+    (["frobnicate"], "invalid choice", "usage"),
 ])
-def test_input_errors_are_one_line_exit_2(cnn_path, tmp_path, capsys, args, match):
+def test_input_errors_are_one_line_exit_2(cnn_path, tmp_path, capsys, args, match, code):
     args = [a.format(model=cnn_path, tmp=tmp_path) for a in args]
     assert cli.main(args) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert err.startswith("tuckerize: error: ") and err.count("\n") == 1
     assert __import__("re").search(match, err), err
     assert not (tmp_path / "x.onnx").exists()
+    # The worker's copy: the last stdout line, with a code, and no server path in what users see.
+    event = json.loads(out.splitlines()[-1])
+    assert event["event"] == "error" and event["code"] == code, event
+    assert __import__("re").search(match, event["detail"]), event
+    assert str(tmp_path) not in event["detail"]
 
 
 def test_real_process_exit_codes(cnn_path, tmp_path):
@@ -92,6 +101,9 @@ def test_unexpected_failures_exit_1_with_traceback(cnn_path, tmp_path, capsys):
     target = tmp_path / "taken"
     target.mkdir()
     assert cli.main(["compress", str(cnn_path), "-o", str(target), "--rule", "ratio", "--ratio", "0.5"]) == 1
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "Traceback" in err and "IsADirectoryError" in err
+    event = json.loads(out.splitlines()[-1])
+    assert event["code"] == "internal_error" and "IsADirectoryError" in event["detail"]
+    assert str(tmp_path) not in event["detail"]
     assert list(tmp_path.glob(".*.tmp")) == [], "the temp file is removed when the replace fails"

@@ -93,26 +93,35 @@ def test_retry_resumes_from_the_checkpoint(tmp_path, cnn_path):
     assert code == 0 and not any("resumed" in e.get("message", "") for e in events)
 
 
-@pytest.mark.parametrize("mutate,match", [
-    (lambda job: "{not json", "not valid JSON"),
-    (lambda job: json.dumps([1, 2]), "must hold a JSON object"),
-    (lambda job: json.dumps({**job, "model": "relative/model.onnx"}), "'model' must be an absolute path"),
-    (lambda job: json.dumps({**job, "model": "/nonexistent/model.onnx"}), "does not exist"),
-    (lambda job: json.dumps({k: v for k, v in job.items() if k != "outputDir"}), "missing field 'outputDir'"),
-    (lambda job: json.dumps({**job, "threads": 0}), "'threads' must be an integer >= 1"),
-    (lambda job: json.dumps({**job, "options": {"rule": "vbmf", "ratoi": 0.5}}), "unknown option"),
-    (lambda job: json.dumps({**job, "options": {"rule": "ratio", "ratio": 2}}), r"ratio must be in \(0, 1\]"),
-    (lambda job: json.dumps({**job, "options": {"rule": "latency"}}), "latency"),
-    (lambda job: json.dumps({**job, "options": {"inputShape": [1, 3, 16, 16]}}), "gives 3 channels"),
+@pytest.mark.parametrize("mutate,match,code,field", [
+    (lambda job: "{not json", "not valid JSON", "invalid_job", None),
+    (lambda job: json.dumps([1, 2]), "must hold a JSON object", "invalid_job", None),
+    (lambda job: json.dumps({**job, "model": "relative/model.onnx"}), "'model' must be an absolute path",
+     "invalid_job", "model"),
+    (lambda job: json.dumps({**job, "model": "/nonexistent/model.onnx"}), "does not exist", "invalid_model", None),
+    (lambda job: json.dumps({k: v for k, v in job.items() if k != "outputDir"}), "missing field 'outputDir'",
+     "invalid_job", "outputDir"),
+    (lambda job: json.dumps({**job, "threads": 0}), "'threads' must be an integer >= 1", "invalid_job", "threads"),
+    (lambda job: json.dumps({**job, "options": {"rule": "vbmf", "ratoi": 0.5}}), "unknown option", "invalid_option",
+     "ratoi"),
+    (lambda job: json.dumps({**job, "options": {"rule": "ratio", "ratio": 2}}), r"ratio must be in \(0, 1\]",
+     "invalid_option", None),
+    (lambda job: json.dumps({**job, "options": {"rule": "latency"}}), "latency", "invalid_option", None),
+    (lambda job: json.dumps({**job, "options": {"inputShape": [1, 3, 16, 16]}}), "gives 3 channels", "invalid_model",
+     None),
 ])
-def test_bad_jobs_exit_2_with_one_line(tmp_path, cnn_path, mutate, match):
+def test_bad_jobs_exit_2_with_one_line(tmp_path, cnn_path, mutate, match, code, field):
     job = json.loads(_write_job(tmp_path, cnn_path).read_text())
     path = tmp_path / "bad.json"
     path.write_text(mutate(job))
-    code, events, err = _run(path)
-    assert code == 2 and err.count("\n") == 1 and err.startswith("tuckerize: error: "), err
+    code_, events, err = _run(path)
+    assert code_ == 2 and err.count("\n") == 1 and err.startswith("tuckerize: error: "), err
     assert __import__("re").search(match, err), err
     assert not (tmp_path / "out" / "compressed.onnx").exists()
+    error = events[-1]
+    assert error["event"] == "error" and error["code"] == code and error.get("field") == field, error
+    assert str(tmp_path) not in error["detail"] and "/nonexistent" not in error["detail"]
+    assert [e for e in events if e["event"] == "error"] == [error]
 
 
 def test_sigterm_stops_the_job_promptly(tmp_path, zoo_path):

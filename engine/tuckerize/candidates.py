@@ -4,27 +4,26 @@ For every layer a plan would rewrite, two standalone models at the layer's real 
   <stem>.orig.onnx — the single original node with its weight (and bias) as initializers;
   <stem>.repl.onnx — that model carried through surgery.rewrite: the replacement chain.
 candidates.json lists them; the worker times each pair interleaved with onnxruntime-node and writes
-latency-table.json beside it, which plan.make_plan(rule='latency') reads back (read_latency_table).
+latency-table.json beside it, which plan.make_plan(rule='latency') reads back (latency_table.py).
 
 The replacement is made by the same surgery as the real rewrite, on a one-node model whose node
 carries the layer's label as its name, so the plan entry applies to it unchanged.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 
 import onnx
 from onnx import helper
 
+from .atomic import atomic_write_bytes, atomic_write_json
 from .errors import EngineInputError
 from .onnx_graph import check_structure, constant_tensors, default_opset, node_labels
 from .plan import LayerPlan, Plan
 from .surgery import rewrite
 
 CANDIDATES_FILE = "candidates.json"
-LATENCY_TABLE_FILE = "latency-table.json"
 CANDIDATES_VERSION = 1
 
 
@@ -77,8 +76,6 @@ def single_layer_model(model: onnx.ModelProto, entry: LayerPlan) -> onnx.ModelPr
 def write_candidates(model: onnx.ModelProto, plan: Plan, out_dir: str, hooi_iters: int = 2,
                      progress=None) -> dict:
     """Write every rewritten layer's original/replacement pair and candidates.json into out_dir."""
-    from .cli import atomic_write_bytes, atomic_write_json
-
     os.makedirs(out_dir, exist_ok=True)
     rewritten = plan.rewritten()
     layers = []
@@ -113,16 +110,3 @@ def write_candidates(model: onnx.ModelProto, plan: Plan, out_dir: str, hooi_iter
     }
     atomic_write_json(os.path.join(out_dir, CANDIDATES_FILE), manifest)
     return manifest
-
-
-def read_latency_table(path: str) -> dict:
-    """Load latency-table.json as written by the worker (src/worker/latency.ts); validation is plan.py's."""
-    try:
-        with open(path, "rb") as handle:
-            return json.loads(handle.read().decode("utf-8"))
-    except FileNotFoundError:
-        raise EngineInputError(
-            f"latency table {path!r} does not exist; the worker writes it by timing the engine's candidates "
-            "(python3 -m tuckerize candidates) with onnxruntime-node")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EngineInputError(f"latency table {path!r} is not valid JSON: {exc}")

@@ -1,7 +1,8 @@
 """Command line: `python3 -m tuckerize analyze|compress|candidates|run`.
 
-Exit codes: 0 ok; 2 bad input (one line on stderr, never worth retrying); 1 a bug (traceback on
-stderr). Files are written atomically: a temp file in the target directory, then os.replace.
+Exit codes (exits.py): 0 ok; 2 bad input, never worth retrying; 1 a bug (traceback on stderr). On
+1 and 2 the last stdout line is the error event (errors.error_event) and stderr ends with the same
+complaint on one line for people. Files are written atomically (atomic.py).
 """
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 import traceback
 from typing import Optional, Sequence
 
-from .errors import EngineInputError
-
-EXIT_OK, EXIT_CRASH, EXIT_INPUT = 0, 1, 2
+from .atomic import atomic_write_bytes, atomic_write_json
+from .errors import EngineInputError, error_event, input_errors, one_line
+from .exits import EXIT_CRASH, EXIT_INPUT, EXIT_OK
+from .options import plan_kwargs
+from .run import run_job
 
 
 class _UsageError(Exception):
@@ -29,29 +31,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         command = " ".join(self.prog.split()[1:])
         raise _UsageError(f"{message} (see python3 -m tuckerize {command + ' ' if command else ''}--help)")
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write `data` so that readers see either the old file or the complete new one, never a part."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            # mkstemp's 0600 would hide the artifact from a service running as another user.
-            os.fchmod(handle.fileno(), 0o644)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str, value) -> None:
-    atomic_write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
 
 
 def _fraction(text: str) -> float:
@@ -126,30 +105,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _options_from_args(args) -> dict:
+    """The flags as job options (camelCase, as in job.json), absent ones left out."""
+    values = {"rule": args.rule, "ratio": args.ratio, "strength": args.strength, "targetMacs": args.target_macs,
+              "targetParams": args.target_params, "targetLatency": args.target_latency, "roundTo": args.round_to,
+              "force": args.force or None, "inputShape": args.input_shape, "latencyTable": args.latency_table}
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _load(path: str):
+    from .onnx_graph import load_model
+    with input_errors("invalid_model"):
+        return load_model(path)
+
+
 def _plan_from_args(model, args, **extra):
-    from .candidates import read_latency_table
     from .plan import make_plan
-    table = read_latency_table(args.latency_table) if args.latency_table else None
-    return make_plan(model, args.input_shape, rule=args.rule, ratio=args.ratio, force=args.force,
-                     strength=args.strength, round_to=args.round_to, target_macs=args.target_macs,
-                     target_params=args.target_params, latency_table=table,
-                     target_latency=args.target_latency, **extra)
+    with input_errors("invalid_option"):
+        return make_plan(model, args.input_shape, **plan_kwargs(_options_from_args(args)), **extra)
 
 
 def _candidates(args) -> int:
     from .candidates import CANDIDATES_FILE, write_candidates
-    from .onnx_graph import load_model
-    model = load_model(args.model)
+    model = _load(args.model)
     plan = _plan_from_args(model, args)
-    manifest = write_candidates(model, plan, args.output, hooi_iters=args.hooi_iters)
+    with input_errors("invalid_model"):
+        manifest = write_candidates(model, plan, args.output, hooi_iters=args.hooi_iters)
     print(json.dumps({"candidates": os.path.join(args.output, CANDIDATES_FILE), "layers": len(manifest["layers"]),
                       "kept": len(manifest["kept"]), "macsRatio": plan.totals["macs"]["ratio"]}))
     return EXIT_OK
 
 
 def _analyze(args) -> int:
-    from .onnx_graph import load_model
-    model = load_model(args.model)
+    model = _load(args.model)
     plan = _plan_from_args(model, args, with_evbmf=True)
     if args.json:
         print(plan.to_json())
@@ -159,25 +147,25 @@ def _analyze(args) -> int:
 
 
 def _compress(args) -> int:
-    import onnx
-
-    from .onnx_graph import check_structure, load_model
+    from .onnx_graph import check_structure
     from .surgery import rewrite
 
     profile = {}
     start = time.perf_counter()
-    model = load_model(args.model)
+    model = _load(args.model)
     profile["load"] = time.perf_counter() - start
     start = time.perf_counter()
     plan_timings: dict = {}
     # The per-layer timing mode re-runs a norm and a σ² search per layer: only when asked for.
     plan = _plan_from_args(model, args, timings=plan_timings if args.profile else None)
     profile["plan"] = time.perf_counter() - start
-    result = rewrite(model, plan, hooi_iters=args.hooi_iters)
+    with input_errors("invalid_model"):
+        result = rewrite(model, plan, hooi_iters=args.hooi_iters)
     for entry in plan.layers:
         entry.rel_error = result.rel_errors.get(entry.name, entry.rel_error)
     start = time.perf_counter()
-    check_structure(result.model)
+    with input_errors("invalid_model"):
+        check_structure(result.model)
     profile["check"] = time.perf_counter() - start
     start = time.perf_counter()
     atomic_write_bytes(args.output, result.model.SerializeToString())
@@ -206,7 +194,6 @@ def _compress(args) -> int:
 
 
 def _run(args) -> int:
-    from .run import run_job
     return run_job(args.job)
 
 
@@ -264,9 +251,14 @@ def format_plan_table(plan) -> str:
     return "\n".join(lines)
 
 
-def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+def _fail(exc: BaseException, exit_code: int) -> int:
+    """The error event on stdout for the worker, the same complaint on stderr for people."""
+    print(json.dumps(error_event(exc)), flush=True)
+    if exit_code == EXIT_INPUT:
+        print(f"tuckerize: error: {one_line(exc)}", file=sys.stderr)
+    else:
+        traceback.print_exception(exc)
+    return exit_code
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -274,17 +266,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = parser.parse_args(argv)
     except _UsageError as exc:
-        print(f"tuckerize: error: {one_line(exc)}", file=sys.stderr)
-        return EXIT_INPUT
+        return _fail(EngineInputError(str(exc), code="usage"), EXIT_INPUT)
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     try:
         return args.func(args)
     except EngineInputError as exc:
-        print(f"tuckerize: error: {one_line(exc)}", file=sys.stderr)
-        return EXIT_INPUT
+        return _fail(exc, EXIT_INPUT)
     except BrokenPipeError:
         return EXIT_CRASH
-    except Exception:
-        traceback.print_exc()
-        return EXIT_CRASH
+    except Exception as exc:
+        return _fail(exc, EXIT_CRASH)

@@ -27,6 +27,7 @@ import torch
 from onnx import numpy_helper
 
 from .errors import EngineInputError
+from .latency_table import LATENCY_MIN_SPEEDUP, LatencyTable, predict_latency, slow_layer_reason
 from .metrics import graph_metrics
 from .onnx_graph import Layer, constant_tensors, find_layers, infer_shapes, read_only_tensor, resolve_input_shapes
 from .ranks import RankCandidate, family_ranks, round_rank, solve_budget, weakened_rank
@@ -38,8 +39,6 @@ KINDS = ("tucker2", "tucker1", "svd", "keep")
 # almost nothing and the first 1×1 conv would run at full input resolution (the RGB/grey stem).
 TUCKER1_MAX_IN_CHANNELS = 4
 BUDGET_TOLERANCE = 0.02
-# The latency rule rewrites a layer only when its replacement is at least this many times as fast.
-LATENCY_MIN_SPEEDUP = 1.05
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -404,131 +403,6 @@ def _validate_options(rule, ratio, strength, target_macs, target_params, round_t
     if round_to is not None and not (isinstance(round_to, int) and round_to >= 1):
         raise EngineInputError(f"roundTo must be a positive integer, got {round_to!r}")
 
-
-# ---------------------------------------------------------------------------------------------
-# The latency rule's measurements (latency-table.json, written by the worker's latency.ts)
-
-@dataclass(frozen=True)
-class LayerTiming:
-    """One layer's original node and replacement chain, timed interleaved in ONNX Runtime."""
-    name: str
-    orig_ms: float
-    repl_ms: float
-    kind: Optional[str]
-    ranks: Optional[list[int]]
-    input_shape: Optional[list[int]]
-    macs_after: Optional[int]         # of the replacement as timed, to rescale to other ranks
-
-    @property
-    def speedup(self) -> float:
-        return self.orig_ms / self.repl_ms
-
-
-@dataclass(frozen=True)
-class LatencyTable:
-    layers: dict[str, LayerTiming]
-    model_ms: Optional[float]         # the whole original model, same input shape and threads
-    threads: Optional[int]
-    runs: Optional[int]
-    ort_version: Optional[str]
-
-    @classmethod
-    def from_dict(cls, data) -> "LatencyTable":
-        def positive(value, where: str) -> float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise EngineInputError(f"latency table: {where} must be a positive number of milliseconds, got "
-                                       f"{json.dumps(value)[:60]}")
-            return float(value)
-
-        if not isinstance(data, dict) or not isinstance(data.get("layers"), dict):
-            raise EngineInputError("latency table must be an object with 'layers': {name: {origMs, replMs}}, as "
-                                   "src/worker/latency.ts writes it")
-        layers = {}
-        for name, entry in data["layers"].items():
-            if not isinstance(entry, dict):
-                raise EngineInputError(f"latency table: layer {name!r} must be an object with origMs and replMs")
-            macs = entry.get("macs") if isinstance(entry.get("macs"), dict) else {}
-            macs_after = macs.get("after")
-            ranks = entry.get("ranks")
-            shape = entry.get("inputShape")
-            for label, dims in (("ranks", ranks), ("inputShape", shape)):
-                if dims is not None and not (isinstance(dims, list) and all(
-                        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims)):
-                    raise EngineInputError(f"latency table: layers[{name!r}].{label} must be a list of positive "
-                                           f"integers, got {json.dumps(dims)[:60]}")
-            layers[name] = LayerTiming(
-                name=name, orig_ms=positive(entry.get("origMs"), f"layers[{name!r}].origMs"),
-                repl_ms=positive(entry.get("replMs"), f"layers[{name!r}].replMs"),
-                kind=entry.get("kind") if isinstance(entry.get("kind"), str) else None,
-                ranks=[int(r) for r in ranks] if isinstance(ranks, list) else None,
-                input_shape=[int(d) for d in shape] if isinstance(shape, list) else None,
-                macs_after=int(macs_after) if isinstance(macs_after, int) and macs_after > 0 else None)
-        model = data.get("model")
-        model_ms = None
-        if isinstance(model, dict) and model.get("origMs") is not None:
-            model_ms = positive(model["origMs"], "model.origMs")
-        threads, runs = data.get("threads"), data.get("runs")
-        return cls(layers=layers, model_ms=model_ms,
-                   threads=threads if isinstance(threads, int) else None,
-                   runs=runs if isinstance(runs, int) else None,
-                   ort_version=data.get("ortVersion") if isinstance(data.get("ortVersion"), str) else None)
-
-
-def _shape_text(shape) -> str:
-    return "×".join(str(d) for d in shape) if shape else "its input shape"
-
-
-def slow_layer_reason(timing: LayerTiming) -> str:
-    return (f"replacement only {timing.speedup:.2f}× as fast in ONNX Runtime ({timing.orig_ms:.3g} ms → "
-            f"{timing.repl_ms:.3g} ms at {_shape_text(timing.input_shape)}); kept")
-
-
-def _estimated_replacement_ms(entry: LayerPlan, timing: LayerTiming) -> tuple[float, bool]:
-    """(ms, estimated): the measured time, rescaled by MACs when the plan's ranks differ from the timed ones."""
-    if timing.ranks == list(entry.ranks) or timing.macs_after is None or not entry.macs_after:
-        return timing.repl_ms, False
-    return timing.repl_ms * entry.macs_after / timing.macs_after, True
-
-
-def predict_latency(entries: list[LayerPlan], table: LatencyTable, target_latency: Optional[float] = None) -> dict:
-    """Predicted compressed/original latency from the table.
-
-    Kept layers cost their measured original time, rewritten ones their measured (or MACs-rescaled)
-    replacement time. With the whole model's time in the table the untimed remainder (other ops and
-    untimed layers: model time − Σ timed originals) is added unchanged to both sides; without it the
-    ratio covers the timed layers only. An estimate: layers run alone are not layers in a graph.
-    """
-    timed_before = timed_after = 0.0
-    rescaled, untimed = [], []
-    for entry in entries:
-        timing = table.layers.get(entry.name)
-        if timing is None:
-            if entry.kind != "keep":
-                untimed.append(entry.name)
-            continue
-        timed_before += timing.orig_ms
-        if entry.kind == "keep":
-            timed_after += timing.orig_ms
-        else:
-            ms, estimated = _estimated_replacement_ms(entry, timing)
-            timed_after += ms
-            if estimated:
-                rescaled.append(entry.name)
-    # Layers timed alone can add up to more than the whole model (no cache shared with neighbours, a
-    # session call each); the remainder is then 0 and the ratio is that of the timed layers.
-    remainder = max(table.model_ms - timed_before, 0.0) if table.model_ms is not None else 0.0
-    before, after = remainder + timed_before, remainder + timed_after
-    ratio = after / before if before > 0 else None
-    original_ms = table.model_ms if table.model_ms is not None else timed_before
-    return {
-        "source": "onnxruntime-node", "threads": table.threads, "runs": table.runs, "ortVersion": table.ort_version,
-        "basis": "model" if table.model_ms is not None else "timed-layers",
-        "originalMs": original_ms, "predictedMs": None if ratio is None else ratio * original_ms,
-        "timedLayersMs": {"before": timed_before, "after": timed_after},
-        "predictedRatio": ratio, "targetRatio": target_latency,
-        "minSpeedup": LATENCY_MIN_SPEEDUP,
-        "rescaled": rescaled, "untimed": untimed,
-    }
 
 
 def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = None, rule: str = "vbmf",

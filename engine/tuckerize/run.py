@@ -18,15 +18,15 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Optional
 
-from .cli import EXIT_OK, atomic_write_bytes, atomic_write_json
-from .errors import EngineInputError
+from .atomic import atomic_write_bytes, atomic_write_json
+from .errors import EngineInputError, input_errors
+from .exits import EXIT_OK, EXIT_TERMINATED
+from .latency_table import read_latency_table
+from .options import OPTION_KEYS, plan_kwargs
 
 STAGES = ("analyze", "plan", "rewrite", "finetune", "evaluate", "write")
-OPTION_KEYS = {"rule", "ratio", "strength", "targetMacs", "targetParams", "targetLatency", "roundTo", "force",
-               "inputShape", "finetune", "latencyTable"}
 # Bumped when the rewrite of the same input and options would produce a different model.
 CHECKPOINT_VERSION = 1
-EXIT_TERMINATED = 128 + signal.SIGTERM
 
 Emit = Callable[[dict], None]
 
@@ -43,19 +43,27 @@ def json_lines_emitter(stream=None) -> Emit:
     return emit
 
 
+def _job_error(message: str, field: Optional[str] = None) -> EngineInputError:
+    return EngineInputError(message, code="invalid_job", field=field)
+
+
+def _option_error(message: str, field: str) -> EngineInputError:
+    return EngineInputError(message, code="invalid_option", field=field)
+
+
 def _require(job: dict, key: str, kind, what: str):
     if key not in job:
-        raise EngineInputError(f"job.json: missing field {key!r} ({what})")
+        raise _job_error(f"job.json: missing field {key!r} ({what})", key)
     value = job[key]
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise EngineInputError(f"job.json: field {key!r} must be {what}, got {json.dumps(value)[:80]}")
+        raise _job_error(f"job.json: field {key!r} must be {what}, got {json.dumps(value)[:80]}", key)
     return value
 
 
 def _absolute_path(job: dict, key: str) -> str:
     value = _require(job, key, str, "an absolute path")
     if not os.path.isabs(value):
-        raise EngineInputError(f"job.json: field {key!r} must be an absolute path, got {value!r}")
+        raise _job_error(f"job.json: field {key!r} must be an absolute path, got {value!r}", key)
     return value
 
 
@@ -65,11 +73,11 @@ def read_job(path: str) -> dict:
         with open(path, "rb") as handle:
             job = json.loads(handle.read().decode("utf-8"))
     except FileNotFoundError:
-        raise EngineInputError(f"job file {path!r} does not exist")
+        raise _job_error(f"job file {path!r} does not exist")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EngineInputError(f"job file {path!r} is not valid JSON: {exc}")
+        raise _job_error(f"job file {path!r} is not valid JSON: {exc}")
     if not isinstance(job, dict):
-        raise EngineInputError(f"job file {path!r} must hold a JSON object, got {type(job).__name__}")
+        raise _job_error(f"job file {path!r} must hold a JSON object, got {type(job).__name__}")
     _require(job, "jobId", str, "a string")
     _absolute_path(job, "model")
     _absolute_path(job, "outputDir")
@@ -77,42 +85,45 @@ def read_job(path: str) -> dict:
     dataset = job.get("dataset")
     if dataset is not None:
         if not isinstance(dataset, str):
-            raise EngineInputError(f"job.json: field 'dataset' must be null or a string, got {json.dumps(dataset)[:80]}")
+            raise _job_error(f"job.json: field 'dataset' must be null or a string, got {json.dumps(dataset)[:80]}",
+                             "dataset")
         if not dataset.startswith("builtin:") and not os.path.isabs(dataset):
-            raise EngineInputError(f"job.json: 'dataset' must be 'builtin:NAME' or an absolute path, got {dataset!r}")
+            raise _job_error(f"job.json: 'dataset' must be 'builtin:NAME' or an absolute path, got {dataset!r}",
+                             "dataset")
     threads = job.get("threads", 1)
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise EngineInputError(f"job.json: 'threads' must be an integer >= 1, got {json.dumps(threads)}")
+        raise _job_error(f"job.json: 'threads' must be an integer >= 1, got {json.dumps(threads)}", "threads")
     seed = job.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise EngineInputError(f"job.json: 'seed' must be an integer >= 0, got {json.dumps(seed)}")
+        raise _job_error(f"job.json: 'seed' must be an integer >= 0, got {json.dumps(seed)}", "seed")
     options = job.get("options", {}) or {}
     if not isinstance(options, dict):
-        raise EngineInputError("job.json: 'options' must be an object")
+        raise _job_error("job.json: 'options' must be an object", "options")
     unknown = sorted(set(options) - OPTION_KEYS)
     if unknown:
-        raise EngineInputError(f"job.json: unknown option(s) {unknown}; known: {sorted(OPTION_KEYS)}")
+        raise _option_error(f"job.json: unknown option(s) {unknown}; known: {sorted(OPTION_KEYS)}", unknown[0])
     shape = options.get("inputShape")
     if shape is not None and not (isinstance(shape, list) and shape and
                                   all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
-        raise EngineInputError(f"job.json: options.inputShape must be a list of positive integers, got {json.dumps(shape)}")
+        raise _option_error(f"job.json: options.inputShape must be a list of positive integers, got "
+                            f"{json.dumps(shape)}", "inputShape")
     for key in ("ratio", "strength", "targetMacs", "targetParams", "targetLatency"):
         value = options.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise EngineInputError(f"job.json: options.{key} must be a number, got {json.dumps(value)}")
+            raise _option_error(f"job.json: options.{key} must be a number, got {json.dumps(value)}", key)
     round_to = options.get("roundTo")
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)):
-        raise EngineInputError(f"job.json: options.roundTo must be an integer, got {json.dumps(round_to)}")
+        raise _option_error(f"job.json: options.roundTo must be an integer, got {json.dumps(round_to)}", "roundTo")
     if not isinstance(options.get("force", False), bool):
-        raise EngineInputError("job.json: options.force must be true or false")
+        raise _option_error("job.json: options.force must be true or false", "force")
     table = options.get("latencyTable")
     if table is not None and not (isinstance(table, str) and os.path.isabs(table)):
-        raise EngineInputError(
+        raise _option_error(
             f"job.json: options.latencyTable must be the absolute path of the worker's latency-table.json, got "
-            f"{json.dumps(table)[:80]}")
+            f"{json.dumps(table)[:80]}", "latencyTable")
     finetune = options.get("finetune")
     if finetune is not None and not isinstance(finetune, dict):
-        raise EngineInputError("job.json: options.finetune must be an object (or absent for no fine-tuning)")
+        raise _option_error("job.json: options.finetune must be an object (or absent for no fine-tuning)", "finetune")
     job["threads"], job["seed"], job["options"] = threads, seed, options
     return job
 
@@ -161,7 +172,8 @@ class _Stages:
 
 
 def run_job(job_path: str, emit: Optional[Emit] = None) -> int:
-    """Run one job; EngineInputError propagates (the CLI turns it into exit 2), SIGTERM gives 143."""
+    """Run one job; EngineInputError propagates (the CLI turns it into the error event and exit 2), SIGTERM
+    gives 143."""
     emit = emit or json_lines_emitter()
     try:
         with _sigterm_unwinds():
@@ -173,7 +185,6 @@ def run_job(job_path: str, emit: Optional[Emit] = None) -> int:
 
 
 def _pipeline(job: dict, stages: _Stages) -> None:
-    import onnx
     import torch
 
     from .metrics import graph_metrics
@@ -189,7 +200,7 @@ def _pipeline(job: dict, stages: _Stages) -> None:
     os.makedirs(job["outputDir"], exist_ok=True)
     os.makedirs(job["workDir"], exist_ok=True)
 
-    with stages.stage("analyze"):
+    with stages.stage("analyze"), input_errors("invalid_model"):
         original = load_model(job["model"])
         shapes = infer_shapes(original, input_shape)
         layers = find_layers(original, input_shape, shapes=shapes)
@@ -201,10 +212,7 @@ def _pipeline(job: dict, stages: _Stages) -> None:
     if not any(layer.eligible for layer in layers):
         stages.log("no Conv/Gemm/MatMul layer of this model can be decomposed; the output equals the input", "warn")
 
-    latency_table = None
-    if options.get("latencyTable"):
-        from .candidates import read_latency_table
-        latency_table = read_latency_table(options["latencyTable"])
+    latency_table = read_latency_table(options["latencyTable"]) if options.get("latencyTable") else None
     key = _checkpoint_key(model_sha, options, latency_table)
     checkpoint = _load_checkpoint(job["workDir"], key)
     if checkpoint is not None:
@@ -213,16 +221,12 @@ def _pipeline(job: dict, stages: _Stages) -> None:
         stages.progress("rewrite", len(plan.rewritten()), len(plan.rewritten()), "resumed from the checkpoint")
         stages.timings["plan"] = stages.timings["rewrite"] = 0.0
     else:
-        with stages.stage("plan", len(layers)):
+        with stages.stage("plan", len(layers)), input_errors("invalid_option"):
             plan = make_plan(
-                original, input_shape, rule=options.get("rule", "vbmf"), ratio=options.get("ratio"),
-                force=bool(options.get("force", False)), strength=options.get("strength"),
-                round_to=options.get("roundTo"), target_macs=options.get("targetMacs"),
-                target_params=options.get("targetParams"), latency_table=latency_table,
-                target_latency=options.get("targetLatency"), shapes=shapes, layers=layers,
+                original, input_shape, **plan_kwargs(options, latency_table), shapes=shapes, layers=layers,
                 progress=lambda done, total, name: stages.progress("plan", done, total, name))
         rewritten = plan.rewritten()
-        with stages.stage("rewrite", len(rewritten)):
+        with stages.stage("rewrite", len(rewritten)), input_errors("invalid_model"):
             result = rewrite(original, plan,
                              progress=lambda done, total, name: stages.progress("rewrite", done, total, name))
             compressed = result.model
@@ -238,15 +242,16 @@ def _pipeline(job: dict, stages: _Stages) -> None:
     if options.get("finetune") is not None:
         atomic_write_bytes(os.path.join(job["outputDir"], "compressed-before-finetune.onnx"),
                            rewritten_model.SerializeToString())
-        with stages.stage("finetune"):
-            run_finetune_stage = _finetune_function("run_finetune_stage")
+        from .finetune import run_finetune_stage
+        with stages.stage("finetune"), input_errors("finetune_failed"):
             compressed, sections = run_finetune_stage(job, original, compressed, stages.emit)
             accuracy, finetune_report = sections.get("accuracy"), sections.get("finetune")
 
     with stages.stage("evaluate"):
         if accuracy is None and job.get("dataset"):
-            evaluate_stage = _finetune_function("evaluate_stage")
-            accuracy = evaluate_stage(job, original, compressed, stages.emit)
+            from .finetune import evaluate_stage
+            with input_errors("invalid_dataset"):
+                accuracy = evaluate_stage(job, original, compressed, stages.emit)
         fidelity = _fidelity(original, rewritten_model, plan.input_shape, job["seed"], stages)
 
     with stages.stage("write", 3):
@@ -311,18 +316,6 @@ def _dims(value) -> list:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
 
 
-def _finetune_function(name: str):
-    """The fine-tuning helpers live in finetune.py; an engine built without it refuses the option."""
-    try:
-        from . import finetune
-    except ImportError as exc:
-        raise EngineInputError(f"fine-tuning is not available in this engine build ({exc})") from exc
-    function = getattr(finetune, name, None)
-    if function is None:
-        raise EngineInputError(f"fine-tuning is not available in this engine build (no finetune.{name})")
-    return function
-
-
 def _fidelity(original, compressed, input_shape, seed: int, stages: _Stages) -> dict:
     """Relative output error of the compressed graph against the original on seeded random inputs.
 
@@ -355,7 +348,8 @@ def _fidelity(original, compressed, input_shape, seed: int, stages: _Stages) -> 
     error = float(torch.linalg.vector_norm((y_ref - y_new).double()))
     relative = error / norm if norm > 0 else error
     if not math.isfinite(relative):
-        raise EngineInputError("the compressed model produced NaN/Inf on random inputs; check the plan's ranks")
+        raise EngineInputError("the compressed model produced NaN/Inf on random inputs; check the plan's ranks",
+                               code="numeric_failure")
     return {"relativeError": relative, "inputShape": list(input_shape), "seed": seed, "samples": int(input_shape[0])}
 
 
