@@ -4,11 +4,11 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { after, before, describe, test } from 'node:test';
-import { Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { buildApp } from '../src/api/app.js';
 import { requeueOrphans } from '../src/db/reconcile.js';
-import { cancelChannel, COMPRESSION_QUEUE, createCompressionQueue, type JobProgress } from '../src/queue/index.js';
+import { JobStates } from '../src/jobs/state.js';
+import { cancelChannel, createCompressionQueue, type JobProgress } from '../src/queue/index.js';
 import { FileStore } from '../src/store/artifacts.js';
 import { assertProblem, startTestApp, type TestApp } from './helpers/app.js';
 import { createFixtures, type Fixtures } from './helpers/fixtures.js';
@@ -287,7 +287,7 @@ describe('report and artifact', () => {
 });
 
 describe('GET /v1/jobs/:id/events (SSE)', () => {
-  test('streams the state, live progress from the queue, and ends with the terminal status', async () => {
+  test('streams the state, live progress from the job-events channel, and ends with the terminal status', async () => {
     const id = await createJob({ modelId: modelA });
     const address = await t.app.listen({ port: 0, host: '127.0.0.1' });
     const response = await fetch(`${address}/v1/jobs/${id}/events`, { headers: t.authA });
@@ -299,39 +299,23 @@ describe('GET /v1/jobs/:id/events (SSE)', () => {
     assert.equal(first.value?.event, 'status');
     assert.equal((first.value?.data as { status: string }).status, 'queued');
 
-    // A stand-in for the worker: BullMQ progress plus the DB updates the real worker makes.
-    let seen: () => void = () => undefined;
-    const progressSeen = new Promise<void>((resolve) => (seen = resolve));
-    const worker = new Worker(
-      COMPRESSION_QUEUE,
-      async (job) => {
-        if (job.id !== id) return;
-        await t.env.prisma.job.update({ where: { id }, data: { status: 'running', stage: 'plan', startedAt: new Date() } });
-        const progress: JobProgress = { stage: 'plan', done: 1, total: 2, percent: 30 };
-        // QueueEvents delivers only what is published after it reads; publish until the client saw it.
-        let delivered = false;
-        void progressSeen.then(() => (delivered = true));
-        for (let i = 0; i < 100 && !delivered; i += 1) {
-          await job.updateProgress(progress);
-          await Promise.race([progressSeen, new Promise((r) => setTimeout(r, 100))]);
-        }
-        await t.env.prisma.job.update({ where: { id }, data: { status: 'succeeded', stage: 'write', progress: 1, finishedAt: new Date() } });
-      },
-      { connection: { url: t.env.config.redisUrl, maxRetriesPerRequest: null }, prefix: t.env.config.queuePrefix, autorun: true },
-    );
+    // A stand-in for the worker: the state machine's transitions, which publish on the job-events channel.
+    const publisher = new Redis(t.env.config.redisUrl);
+    const states = new JobStates({ prisma: t.env.prisma, publisher, prefix: t.env.config.queuePrefix });
     try {
+      assert.ok(await states.claim(id, { workerId: 'test', attempt: 1 }));
+      const progress: JobProgress = { stage: 'plan', done: 1, total: 2, percent: 30 };
+      assert.ok(await states.progress(id, progress));
+      await states.succeed(id, { report: {}, metrics: {}, event: {} });
       const received: Array<{ event: string; data: unknown }> = [];
-      for await (const e of { [Symbol.asyncIterator]: () => events }) {
-        received.push(e);
-        if (e.event === 'progress') seen();
-      }
-      const progress = received.find((e) => e.event === 'progress');
-      assert.deepEqual(progress?.data, { stage: 'plan', done: 1, total: 2, percent: 30 });
-      const last = received[received.length - 1];
-      assert.equal(last?.event, 'status');
-      assert.equal((last?.data as { status: string }).status, 'succeeded');
+      for await (const e of { [Symbol.asyncIterator]: () => events }) received.push(e);
+      assert.deepEqual(
+        received.map((e) => [e.event, (e.data as { status?: string }).status]),
+        [['status', 'running'], ['progress', undefined], ['status', 'succeeded']],
+      );
+      assert.deepEqual(received[1]?.data, progress);
     } finally {
-      await worker.close();
+      publisher.disconnect();
     }
   });
 

@@ -120,7 +120,9 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     queue.on('error', (err) => app.log.warn({ err: err.message }, 'queue connection error'));
     owned.push(() => queue.close());
   }
-  const events = new JobEventHub(config.redisUrl, config.queuePrefix);
+  const events = new JobEventHub(config.redisUrl, config.queuePrefix, config.sseMaxStreamsPerTenant, (err) =>
+    app.log.warn({ err: err.message }, 'job events subscription error'),
+  );
   const analyzer = deps.analyzeModels === false ? null : new ModelAnalyzer(config, prisma, app.log);
   const metrics =
     deps.metrics ??

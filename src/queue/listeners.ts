@@ -22,6 +22,11 @@ export class ListenersByJob<Listener> {
     return this.byJob.get(jobId) ?? [];
   }
 
+  /** Every listener of every job (a snapshot: listeners may unsubscribe while it is walked). */
+  all(): Listener[] {
+    return [...this.byJob.values()].flatMap((set) => [...set]);
+  }
+
   clear(): void {
     this.byJob.clear();
   }

@@ -3,11 +3,11 @@ import type { Job } from '@prisma/client';
 import { isTerminal } from '../../jobs/state.js';
 import { jobView } from '../../jobs/view.js';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
-import type { ServerResponse } from 'node:http';
 import { z } from 'zod';
 import { enqueueCompressionJob, publishCancel } from '../../queue/index.js';
 import { principalOf } from '../auth.js';
 import type { AppContext } from '../context.js';
+import { streamJobEvents } from '../job-events.js';
 import { ConflictError, NotFoundError } from '../errors.js';
 import type { TensorInfo } from '../onnx.js';
 import { checkDatasetFitsModel, type DatasetInspection } from '../../security/index.js';
@@ -27,9 +27,6 @@ export { jobView };
 
 /** How long POST /v1/jobs waits for Redis before leaving the row for the reconciler. */
 const ENQUEUE_TIMEOUT_MS = 3000;
-/** SSE: how often the DB (the source of truth) is re-read, and the keep-alive comment interval. */
-const SSE_POLL_MS = 1000;
-const SSE_HEARTBEAT_MS = 15_000;
 
 const IdempotencyHeadersSchema = z.object({
   'idempotency-key': z
@@ -284,7 +281,8 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
         description:
           '`event: status` (the job as in GET /v1/jobs/:id) on connect and on every change; `event: progress` ' +
           '({stage, done, total, percent, message?}) while it runs. The stream ends after the terminal status ' +
-          '(succeeded, failed or canceled).',
+          '(succeeded, failed or canceled). A tenant may hold a limited number of open streams per API process ' +
+          '(SSE_MAX_STREAMS_PER_TENANT, default 50); past it the answer is 429 with Retry-After.',
         tags: ['jobs'],
         security: AUTH,
         params: IdParamsSchema,
@@ -295,94 +293,8 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
         },
       },
     },
-    async (request, reply) => {
-      const { tenantId } = principalOf(request);
-      await findJob(tenantId, request.params.id);
-      // Subscribe before reading the snapshot, so nothing that happens in between is missed.
-      const buffered: Array<[string, unknown]> = [];
-      let deliver: ((event: string, data: unknown) => void) | undefined;
-      const unsubscribe = events.subscribe(request.params.id, (kind, data) => {
-        const event: [string, unknown] = kind === 'progress' ? ['progress', data] : ['queue', kind];
-        if (deliver) deliver(...event);
-        else buffered.push(event);
-      });
-      let job: Job;
-      try {
-        // Without Redis the stream still works from the DB polls, only without live progress.
-        await withTimeout(events.ready(), ENQUEUE_TIMEOUT_MS).catch((err: Error) =>
-          request.log.warn({ jobId: request.params.id, err: err.message }, 'live progress unavailable; streaming DB state only'),
-        );
-        job = await findJob(tenantId, request.params.id);
-      } catch (err) {
-        unsubscribe();
-        throw err;
-      }
-      reply.hijack();
-      const raw: ServerResponse = reply.raw;
-      raw.writeHead(200, {
-        'content-type': 'text/event-stream; charset=utf-8',
-        'cache-control': 'no-cache, no-transform',
-        connection: 'keep-alive',
-        'x-accel-buffering': 'no',
-        'x-request-id': String(request.id),
-      });
-      let sequence = 0;
-      const send = (event: string, data: unknown) => {
-        sequence += 1;
-        raw.write(`id: ${sequence}\nevent: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
-      };
-      let last = jobView(job);
-      send('status', last);
-      if (isTerminal(job.status)) {
-        unsubscribe();
-        raw.end();
-        return;
-      }
-
-      let ended = false;
-      let checking = false;
-      const end = () => {
-        if (ended) return;
-        ended = true;
-        clearInterval(poll);
-        clearInterval(heartbeat);
-        unsubscribe();
-        openStreams.delete(end);
-        raw.end();
-      };
-      const check = async () => {
-        if (ended || checking) return;
-        checking = true;
-        try {
-          const current = await prisma.job.findFirst({ where: { id: job.id, tenantId } });
-          if (!current || ended) return;
-          const view = jobView(current);
-          if (view.status !== last.status || view.stage !== last.stage || view.progress !== last.progress) {
-            last = view;
-            send('status', view);
-          }
-          if (isTerminal(current.status)) end();
-        } catch (err) {
-          // A database hiccup: keep the stream open and try again at the next tick.
-          request.log.warn({ jobId: job.id, err: (err as Error).message }, 'SSE status check failed');
-        } finally {
-          checking = false;
-        }
-      };
-      deliver = (event, data) => {
-        if (ended) return;
-        // Queue state changes (active, completed, failed) are re-read from the DB, the source of truth.
-        if (event === 'progress') send('progress', data);
-        else void check();
-      };
-      for (const [event, data] of buffered.splice(0)) deliver(event, data);
-      const poll = setInterval(() => void check(), SSE_POLL_MS);
-      const heartbeat = setInterval(() => raw.write(': keep-alive\n\n'), SSE_HEARTBEAT_MS);
-      openStreams.add(end);
-      request.raw.on('close', end);
-      // The job may have changed between the first read and the subscription.
-      void check();
-    },
+    async (request, reply) =>
+      streamJobEvents(request, reply, { hub: events, prisma, tenantId: principalOf(request).tenantId, jobId: request.params.id, openStreams }),
   );
 };
 
