@@ -4,7 +4,7 @@ PY ?= /usr/bin/python3
 export ONNXRUNTIME_NODE_INSTALL_CUDA := skip
 export PYTHONPATH := $(CURDIR)/engine
 DEB_PACKAGES := python3-torch python3-torchvision python3-onnx python3-scipy python3-numpy \
-                python3-pytest python3-hypothesis dataset-fashion-mnist
+                python3-pytest python3-hypothesis python3-jsonschema dataset-fashion-mnist
 
 .PHONY: setup test test-engine test-service demo bench typecheck openapi clean
 
