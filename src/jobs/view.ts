@@ -1,5 +1,6 @@
 // A job as the API shows it (GET /v1/jobs/:id, the SSE `status` event, the job-events channel, webhooks).
 import type { Job } from '@prisma/client';
+import { apiJobError, apiMetrics, apiStage, type ApiJobOptions } from '../api/schemas.js';
 
 function numberRecord(value: unknown): Record<string, number> | null {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return null;
@@ -13,19 +14,19 @@ export function jobView(job: Job) {
   return {
     id: job.id,
     status: job.status,
-    stage: job.stage,
+    stage: apiStage(job.stage),
     progress: job.progress,
     percent: Math.round(job.progress * 1000) / 10,
     modelId: job.modelId,
     datasetId: job.datasetId ?? job.builtinDataset,
-    options: job.options as Record<string, unknown>,
+    options: job.options as ApiJobOptions,
     attempts: job.attempts,
     createdAt: job.createdAt.toISOString(),
     startedAt: job.startedAt?.toISOString() ?? null,
     finishedAt: job.finishedAt?.toISOString() ?? null,
     timings: numberRecord(report?.timings),
-    metrics: (job.metrics as Record<string, unknown> | null) ?? null,
-    error: job.errorCategory ? { category: job.errorCategory, message: job.errorMessage ?? '' } : null,
+    metrics: apiMetrics(job.metrics),
+    error: apiJobError(job.errorCategory, job.errorMessage),
   };
 }
 
