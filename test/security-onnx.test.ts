@@ -79,7 +79,7 @@ describe('valid models', () => {
     const tinynet = await inspectOnnx(files[0]!);
     assert.equal(tinynet.params, 537); // conv 1→4 3×3 (40) + conv 4→6 3×3 (222) + fc 54→5 (275)
     assert.deepEqual(tinynet.inputs[0]!.dims, ['batch', 1, 8, 8]);
-    assert.equal(tinynet.inputs[0]!.elemTypeName, 'float32');
+    assert.equal(tinynet.inputs[0]!.type, 'float32');
     assert.deepEqual(tinynet.outputs.map((o) => o.name), ['logits']);
     const bigSummary = await inspectOnnx(big);
     assert.deepEqual(bigSummary.initializers.map((t) => [t.name, t.dims]), [

@@ -32,7 +32,7 @@ async function withCorruptedWeight(source: string, target: string, initializer: 
   const model = await readOnnxModel(source);
   const init = model.initializers.get(initializer);
   assert.ok(init && init.rawDataOffset !== null, `fixture initializer ${initializer} has raw data`);
-  const file = Buffer.from(model.bytes);
+  const file = await readFile(source);
   file.set(bytes, init.rawDataOffset + 4 * element);
   await writeFile(target, file);
 }

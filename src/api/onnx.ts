@@ -2,19 +2,12 @@
 // without a runtime: truncation, external data, absurd shapes, unsupported ops and opsets), then a load in
 // onnxruntime-node — what the runtime cannot load, the service cannot verify or benchmark either.
 import * as ort from 'onnxruntime-node';
-import { inspectOnnx as inspectStructure, type Dim, type OnnxSummary } from '../security/index.js';
+import type { TensorInfo } from '../onnx/index.js';
+import { inspectOnnx as inspectStructure, type OnnxSummary } from '../security/index.js';
 import { ApiError } from './errors.js';
 
 /** What OnnxModel.inputs/outputs keep per tensor (also what checkDatasetFitsModel reads). */
-export interface TensorInfo {
-  name: string;
-  /** element type name, e.g. float32 */
-  type: string;
-  /** ONNX TensorProto.DataType code */
-  elemType: number;
-  /** numbers, symbolic names, or null when undeclared */
-  dims: Dim[];
-}
+export type { TensorInfo } from '../onnx/index.js';
 
 export interface ModelInspection {
   summary: OnnxSummary;
@@ -26,10 +19,6 @@ export class OnnxLoadError extends ApiError {
   constructor(detail: string) {
     super(422, 'onnx_runtime_load', 'Unprocessable content', detail);
   }
-}
-
-function tensorInfo(t: OnnxSummary['inputs'][number]): TensorInfo {
-  return { name: t.name, type: t.elemTypeName, elemType: t.elemType, dims: t.dims };
 }
 
 /**
@@ -51,5 +40,5 @@ export async function inspectModelUpload(filePath: string, displayName: string, 
     throw new OnnxLoadError(`onnxruntime cannot load ${displayName}: ${message}; check that the model runs in onnxruntime before uploading it`);
   }
   await session.release();
-  return { summary, inputs: summary.inputs.map(tensorInfo), outputs: summary.outputs.map(tensorInfo) };
+  return { summary, inputs: summary.inputs, outputs: summary.outputs };
 }

@@ -13,7 +13,6 @@ export {
   MIN_OPSET,
   MAX_OPSET,
   DEFAULT_ONNX_LIMITS,
-  dataTypeName,
   type OnnxLimits,
   type OnnxSummary,
   type TensorInfo,

@@ -1,62 +1,18 @@
-// Reads what verification and profiling need from an ONNX file without the Python engine: nodes,
-// initializer shapes, declared inputs/outputs; counts params and MACs from shapes observed by
-// onnxruntime itself; and writes small derived models (extra graph outputs, single-layer subgraphs)
-// by copying the original protobuf bytes of nodes and initializers verbatim.
-//
-// Only the protobuf fields listed below are decoded; everything else is skipped by wire type, so
-// files from any opset or producer parse. Field numbers are from onnx/onnx.proto3.
-import { readFile } from 'node:fs/promises';
+// What verification and profiling need from an ONNX file without the Python engine: nodes, initializer
+// shapes, declared inputs/outputs (through the one streaming reader, src/onnx); params and MACs from shapes
+// observed by onnxruntime itself; and small derived models (extra graph outputs, single-layer subgraphs)
+// whose unchanged bytes are copied from the file, never holding the whole model in memory.
+import { mkdtemp, open, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
+import {
+  bufferSource, elementBytes, elementBytesByName, encode, ELEMENT_TYPES, fedInputs, fields, FLOAT32, openFileSource, readBytes,
+  readModel, type ByteSource, type OnnxModel, type OnnxNode, type Span, type TensorInfo,
+} from '../onnx/index.js';
 
-const MODEL = { irVersion: 1, opsetImport: 8, graph: 7 } as const;
-const GRAPH = { node: 1, initializer: 5, input: 11, output: 12 } as const;
-const NODE = { input: 1, output: 2, name: 3, opType: 4, attribute: 5, domain: 7 } as const;
-const ATTR = { name: 1, f: 2, i: 3, s: 4, ints: 8 } as const;
-const TENSOR = { dims: 1, dataType: 2, name: 8, rawData: 9 } as const;
-const VALUE_INFO = { name: 1, type: 2 } as const;
-const TYPE = { tensorType: 1 } as const;
-const TENSOR_TYPE = { elemType: 1, shape: 2 } as const;
-const SHAPE = { dim: 1 } as const;
-const DIM = { value: 1, param: 2 } as const;
-
-/** Element sizes in bytes by TensorProto.DataType; string (8) and complex types are not sized. */
-const ELEMENT_BYTES: Record<number, number> = {
-  1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2,
-};
-const FLOAT_TYPES = new Set([1, 10, 11, 16]);
-export const ONNX_FLOAT = 1;
-
-export class OnnxParseError extends Error {
-  override name = 'OnnxParseError';
-}
-
-export type Dim = number | string;
-
-export interface ValueInfo {
-  name: string;
-  /** TensorProto.DataType; 0 when the file does not declare it */
-  elemType: number;
-  /** null when the file declares no shape at all */
-  shape: Dim[] | null;
-}
-
-export interface AttributeValue {
-  i?: number;
-  f?: number;
-  s?: string;
-  ints?: number[];
-}
-
-export interface OnnxNode {
-  name: string;
-  opType: string;
-  domain: string;
-  inputs: string[];
-  outputs: string[];
-  attributes: Map<string, AttributeValue>;
-  /** The node's serialized NodeProto, copied verbatim into derived models */
-  raw: Uint8Array;
-}
+export type { OnnxNode, TensorInfo } from '../onnx/index.js';
+export const ONNX_FLOAT = FLOAT32;
 
 export interface InitializerInfo {
   name: string;
@@ -64,364 +20,136 @@ export interface InitializerInfo {
   dataType: number;
   elements: number;
   bytes: number;
-  raw: Uint8Array;
+  /** the TensorProto message in the file */
+  span: Span;
   /** offset of the tensor's raw_data bytes within the file; null when stored otherwise */
   rawDataOffset: number | null;
 }
 
 export interface OnnxModelInfo {
+  /** where the model's bytes are: a file, or memory for small derived models */
+  location: { path: string } | { bytes: Uint8Array };
   irVersion: number;
-  /** serialized OperatorSetIdProto entries, copied verbatim into derived models */
-  opsetImportsRaw: Uint8Array[];
+  opsetImports: { domain: string; version: number }[];
+  /** the GraphProto payload in the file, and where its field key starts */
+  graph: OnnxModel['graph'];
+  size: number;
   nodes: OnnxNode[];
   initializers: Map<string, InitializerInfo>;
   /** graph inputs that are not initializers: what a caller must feed */
-  inputs: ValueInfo[];
-  outputs: ValueInfo[];
-  /** the whole file, kept so derived models can be built from it */
-  bytes: Uint8Array;
+  inputs: TensorInfo[];
+  outputs: TensorInfo[];
 }
 
-// ---------------------------------------------------------------- protobuf wire format
-
-class Reader {
-  pos: number;
-  constructor(readonly buf: Uint8Array, start = 0, readonly end = buf.length) {
-    this.pos = start;
-  }
-
-  done(): boolean {
-    return this.pos >= this.end;
-  }
-
-  varint(): bigint {
-    let result = 0n;
-    let shift = 0n;
-    for (;;) {
-      if (this.pos >= this.end) throw new OnnxParseError(`truncated varint at byte ${this.pos}`);
-      const byte = this.buf[this.pos++]!;
-      result |= BigInt(byte & 0x7f) << shift;
-      if ((byte & 0x80) === 0) return result;
-      shift += 7n;
-      if (shift > 63n) throw new OnnxParseError(`varint longer than 10 bytes at byte ${this.pos}`);
-    }
-  }
-
-  /** int64 fields: negative values arrive as 10-byte two's-complement varints */
-  int(): number {
-    return Number(BigInt.asIntN(64, this.varint()));
-  }
-
-  bytes(): Uint8Array {
-    const length = Number(this.varint());
-    const start = this.pos;
-    if (start + length > this.end) {
-      throw new OnnxParseError(`length-delimited field of ${length} bytes runs past the end of its message at byte ${start}`);
-    }
-    this.pos += length;
-    return this.buf.subarray(start, start + length);
-  }
-
-  skip(wireType: number): void {
-    switch (wireType) {
-      case 0: this.varint(); return;
-      case 1: this.advance(8); return;
-      case 2: this.bytes(); return;
-      case 5: this.advance(4); return;
-      default: throw new OnnxParseError(`unsupported protobuf wire type ${wireType} at byte ${this.pos}`);
-    }
-  }
-
-  private advance(n: number): void {
-    if (this.pos + n > this.end) throw new OnnxParseError(`truncated fixed-width field at byte ${this.pos}`);
-    this.pos += n;
-  }
-
-  /** Iterates the fields of the current message; the callback must consume the value or call skip. */
-  fields(onField: (field: number, wireType: number, start: number) => void): void {
-    while (!this.done()) {
-      const start = this.pos;
-      const key = Number(this.varint());
-      const field = key >>> 3;
-      const wireType = key & 7;
-      if (field === 0) throw new OnnxParseError(`invalid protobuf field number 0 at byte ${start}`);
-      onField(field, wireType, start);
-    }
-  }
+function openLocation(model: OnnxModelInfo): Promise<ByteSource> {
+  return 'path' in model.location ? openFileSource(model.location.path) : Promise.resolve(bufferSource(model.location.bytes));
 }
 
-const textDecoder = new TextDecoder('utf-8', { fatal: false });
-const str = (b: Uint8Array): string => textDecoder.decode(b);
-
-/** Repeated int64 may be packed (wire type 2) or not (wire type 0). */
-function readInts(r: Reader, wireType: number, into: number[]): void {
-  if (wireType === 2) {
-    const sub = r.bytes();
-    const pr = new Reader(sub);
-    while (!pr.done()) into.push(pr.int());
-  } else {
-    into.push(r.int());
+async function infoFrom(source: ByteSource, location: OnnxModelInfo['location']): Promise<OnnxModelInfo> {
+  const model = await readModel(source);
+  if (model.nodes.length === 0) throw new Error('the graph has no nodes');
+  const initializers = new Map<string, InitializerInfo>();
+  for (const t of model.initializers) {
+    const elements = t.dims.reduce((a, b) => a * b, 1);
+    initializers.set(t.name, {
+      name: t.name, dims: t.dims, dataType: t.dataType, elements, bytes: elements * elementBytes(t.dataType), span: t.span, rawDataOffset: t.rawDataOffset,
+    });
   }
-}
-
-function parseAttribute(buf: Uint8Array): [string, AttributeValue] {
-  const r = new Reader(buf);
-  let name = '';
-  const value: AttributeValue = {};
-  r.fields((field, wt) => {
-    if (field === ATTR.name && wt === 2) name = str(r.bytes());
-    else if (field === ATTR.i && wt === 0) value.i = r.int();
-    else if (field === ATTR.f && wt === 5) {
-      value.f = new DataView(buf.buffer, buf.byteOffset + r.pos, 4).getFloat32(0, true);
-      r.skip(5);
-    } else if (field === ATTR.s && wt === 2) value.s = str(r.bytes());
-    else if (field === ATTR.ints) readInts(r, wt, (value.ints ??= []));
-    else r.skip(wt);
-  });
-  return [name, value];
-}
-
-function parseNode(buf: Uint8Array): OnnxNode {
-  const r = new Reader(buf);
-  const node: OnnxNode = { name: '', opType: '', domain: '', inputs: [], outputs: [], attributes: new Map(), raw: buf };
-  r.fields((field, wt) => {
-    if (wt !== 2) return r.skip(wt);
-    const value = r.bytes();
-    if (field === NODE.input) node.inputs.push(str(value));
-    else if (field === NODE.output) node.outputs.push(str(value));
-    else if (field === NODE.name) node.name = str(value);
-    else if (field === NODE.opType) node.opType = str(value);
-    else if (field === NODE.domain) node.domain = str(value);
-    else if (field === NODE.attribute) {
-      const [name, attr] = parseAttribute(value);
-      node.attributes.set(name, attr);
-    }
-  });
-  return node;
-}
-
-function parseInitializer(buf: Uint8Array): InitializerInfo {
-  const r = new Reader(buf);
-  const dims: number[] = [];
-  let dataType = 0;
-  let name = '';
-  let rawDataOffset: number | null = null;
-  r.fields((field, wt) => {
-    if (field === TENSOR.dims) readInts(r, wt, dims);
-    else if (field === TENSOR.dataType && wt === 0) dataType = r.int();
-    else if (field === TENSOR.name && wt === 2) name = str(r.bytes());
-    else if (field === TENSOR.rawData && wt === 2) rawDataOffset = r.bytes().byteOffset; // within the ArrayBuffer; made file-relative by the caller
-    else r.skip(wt);
-  });
-  const elements = dims.reduce((a, b) => a * b, 1);
-  return { name, dims, dataType, elements, bytes: elements * (ELEMENT_BYTES[dataType] ?? 0), raw: buf, rawDataOffset };
-}
-
-function parseValueInfo(buf: Uint8Array): ValueInfo {
-  const info: ValueInfo = { name: '', elemType: 0, shape: null };
-  const r = new Reader(buf);
-  r.fields((field, wt) => {
-    if (field === VALUE_INFO.name && wt === 2) info.name = str(r.bytes());
-    else if (field === VALUE_INFO.type && wt === 2) {
-      const tr = new Reader(r.bytes());
-      tr.fields((tf, twt) => {
-        if (tf !== TYPE.tensorType || twt !== 2) return tr.skip(twt);
-        const ttr = new Reader(tr.bytes());
-        ttr.fields((ttf, ttwt) => {
-          if (ttf === TENSOR_TYPE.elemType && ttwt === 0) info.elemType = ttr.int();
-          else if (ttf === TENSOR_TYPE.shape && ttwt === 2) {
-            info.shape = [];
-            const sr = new Reader(ttr.bytes());
-            sr.fields((sf, swt) => {
-              if (sf !== SHAPE.dim || swt !== 2) return sr.skip(swt);
-              const dr = new Reader(sr.bytes());
-              let dim: Dim = '?';
-              dr.fields((df, dwt) => {
-                if (df === DIM.value && dwt === 0) dim = dr.int();
-                else if (df === DIM.param && dwt === 2) dim = str(dr.bytes()) || '?';
-                else dr.skip(dwt);
-              });
-              info.shape!.push(dim);
-            });
-          } else ttr.skip(ttwt);
-        });
-      });
-    } else r.skip(wt);
-  });
-  return info;
-}
-
-/** Parses an ONNX ModelProto; throws OnnxParseError on malformed or truncated bytes. */
-export function parseOnnxModel(bytes: Uint8Array): OnnxModelInfo {
-  const model: OnnxModelInfo = {
-    irVersion: 0, opsetImportsRaw: [], nodes: [], initializers: new Map(), inputs: [], outputs: [], bytes,
+  const strip = ({ name, elemType, type, dims }: TensorInfo): TensorInfo => ({ name, elemType, type, dims });
+  return {
+    location, irVersion: model.irVersion ?? 0, opsetImports: model.opsetImports, graph: model.graph, size: model.bytes,
+    nodes: model.nodes, initializers, inputs: fedInputs(model).map(strip), outputs: model.outputs.map(strip),
   };
-  let graphBytes: Uint8Array | null = null;
-  const r = new Reader(bytes);
-  r.fields((field, wt) => {
-    if (field === MODEL.irVersion && wt === 0) model.irVersion = r.int();
-    else if (field === MODEL.opsetImport && wt === 2) model.opsetImportsRaw.push(r.bytes());
-    else if (field === MODEL.graph && wt === 2) graphBytes = r.bytes();
-    else r.skip(wt);
-  });
-  if (graphBytes === null) throw new OnnxParseError('the file has no graph (ModelProto field 7): not an ONNX model');
-  const declaredInputs: ValueInfo[] = [];
-  const g = new Reader(graphBytes);
-  g.fields((field, wt) => {
-    if (wt !== 2) return g.skip(wt);
-    const value = g.bytes();
-    if (field === GRAPH.node) model.nodes.push(parseNode(value));
-    else if (field === GRAPH.initializer) {
-      const init = parseInitializer(value);
-      if (init.rawDataOffset !== null) init.rawDataOffset -= bytes.byteOffset;
-      model.initializers.set(init.name, init);
-    } else if (field === GRAPH.input) declaredInputs.push(parseValueInfo(value));
-    else if (field === GRAPH.output) model.outputs.push(parseValueInfo(value));
-  });
-  // Before IR 4 initializers were also listed as graph inputs; they are not something to feed.
-  model.inputs = declaredInputs.filter((v) => !model.initializers.has(v.name));
-  if (model.nodes.length === 0) throw new OnnxParseError('the graph has no nodes');
-  return model;
 }
 
+/** Reads the model file's skeleton through a 1 MiB window; tensor payloads stay on disk. */
 export async function readOnnxModel(path: string): Promise<OnnxModelInfo> {
-  const file = await readFile(path);
-  // A view, not a copy: models run to hundreds of megabytes.
-  const bytes = new Uint8Array(file.buffer, file.byteOffset, file.byteLength);
+  const source = await openFileSource(path);
   try {
-    return parseOnnxModel(bytes);
+    return await infoFrom(source, { path });
   } catch (err) {
-    if (err instanceof OnnxParseError) throw new OnnxParseError(`${path}: ${err.message}`);
-    throw err;
+    throw new Error(`${path}: ${(err as Error).message}`);
+  } finally {
+    await source.close();
   }
 }
 
-// ---------------------------------------------------------------- writing derived models
-
-class Writer {
-  private chunks: Uint8Array[] = [];
-  private length = 0;
-
-  private push(chunk: Uint8Array): void {
-    this.chunks.push(chunk);
-    this.length += chunk.length;
-  }
-
-  varint(value: number | bigint): void {
-    let v = BigInt.asUintN(64, BigInt(value));
-    const out: number[] = [];
-    do {
-      let byte = Number(v & 0x7fn);
-      v >>= 7n;
-      if (v !== 0n) byte |= 0x80;
-      out.push(byte);
-    } while (v !== 0n);
-    this.push(Uint8Array.from(out));
-  }
-
-  tag(field: number, wireType: number): void {
-    this.varint((field << 3) | wireType);
-  }
-
-  intField(field: number, value: number): void {
-    this.tag(field, 0);
-    this.varint(value);
-  }
-
-  bytesField(field: number, value: Uint8Array): void {
-    this.tag(field, 2);
-    this.varint(value.length);
-    this.push(value);
-  }
-
-  raw(value: Uint8Array): void {
-    this.push(value);
-  }
-
-  stringField(field: number, value: string): void {
-    this.bytesField(field, new TextEncoder().encode(value));
-  }
-
-  finish(): Uint8Array {
-    const out = new Uint8Array(this.length);
-    let offset = 0;
-    for (const chunk of this.chunks) {
-      out.set(chunk, offset);
-      offset += chunk.length;
-    }
-    return out;
-  }
+/** The same for a model already in memory (a derived subgraph). */
+export function parseOnnxModel(bytes: Uint8Array): Promise<OnnxModelInfo> {
+  return infoFrom(bufferSource(bytes), { bytes });
 }
 
-function encodeValueInfo(info: ValueInfo): Uint8Array {
-  const w = new Writer();
-  w.stringField(VALUE_INFO.name, info.name);
-  if (info.elemType !== 0) {
-    const tensorType = new Writer();
-    tensorType.intField(TENSOR_TYPE.elemType, info.elemType);
-    if (info.shape !== null) {
-      const shape = new Writer();
-      for (const d of info.shape) {
-        const dim = new Writer();
-        if (typeof d === 'number') dim.intField(DIM.value, d);
-        else dim.stringField(DIM.param, d);
-        shape.bytesField(SHAPE.dim, dim.finish());
-      }
-      tensorType.bytesField(TENSOR_TYPE.shape, shape.finish());
-    }
-    const type = new Writer();
-    type.bytesField(TYPE.tensorType, tensorType.finish());
-    w.bytesField(VALUE_INFO.type, type.finish());
-  }
-  return w.finish();
+// ---------------------------------------------------------------- derived models
+
+const COPY_CHUNK = 1 << 20;
+
+async function copyRange(source: ByteSource, from: number, to: number, write: (chunk: Buffer) => Promise<void>): Promise<void> {
+  for (let at = from; at < to; at += COPY_CHUNK) await write(await readBytes(source, at, Math.min(COPY_CHUNK, to - at)));
+}
+
+function encodeValueInfo(info: Pick<TensorInfo, 'name' | 'elemType' | 'dims'> | { name: string }): Buffer {
+  const { VALUE_INFO, TYPE, TENSOR_TYPE, SHAPE, DIMENSION } = fields;
+  if (!('dims' in info) || info.elemType === 0) return encode.bytes(VALUE_INFO.name, info.name);
+  const dims = info.dims.map((d) => encode.message(SHAPE.dim, typeof d === 'number' ? encode.varint(DIMENSION.value, d) : d === null ? Buffer.alloc(0) : encode.bytes(DIMENSION.param, d)));
+  // no dims: the shape stays undeclared (any rank), rather than declaring a scalar
+  const shape = dims.length > 0 ? [encode.message(TENSOR_TYPE.shape, ...dims)] : [];
+  const tensorType = Buffer.concat([encode.varint(TENSOR_TYPE.elemType, info.elemType), ...shape]);
+  return Buffer.concat([encode.bytes(VALUE_INFO.name, info.name), encode.message(VALUE_INFO.type, encode.message(TYPE.tensorType, tensorType))]);
 }
 
 /**
- * A copy of the model whose graph also outputs the named tensors. Outputs are declared by name only:
- * onnxruntime infers their types, which is what lets one run observe every intermediate shape.
+ * Writes to `target` a copy of the model whose graph also outputs the named tensors, streaming the
+ * original bytes through. Outputs are declared by name only: onnxruntime infers their types, which is
+ * what lets one run observe every intermediate shape. Protobuf messages concatenate, so appended output
+ * fields extend the graph's list; only the graph's length prefix changes.
  */
-export function withExtraOutputs(model: OnnxModelInfo, names: string[]): Uint8Array {
-  const extra = new Writer();
-  for (const name of names) extra.bytesField(GRAPH.output, encodeValueInfo({ name, elemType: 0, shape: null }));
-  const extraBytes = extra.finish();
-  const out = new Writer();
-  const r = new Reader(model.bytes);
-  r.fields((field, wt, start) => {
-    if (field === MODEL.graph && wt === 2) {
-      const graph = r.bytes();
-      // Protobuf messages concatenate: appended repeated fields extend the graph's output list.
-      const merged = new Uint8Array(graph.length + extraBytes.length);
-      merged.set(graph, 0);
-      merged.set(extraBytes, graph.length);
-      out.bytesField(MODEL.graph, merged);
-    } else {
-      r.skip(wt);
-      out.raw(model.bytes.subarray(start, r.pos));
-    }
-  });
-  return out.finish();
+export async function writeWithExtraOutputs(model: OnnxModelInfo, names: string[], target: string): Promise<void> {
+  const extra = Buffer.concat(names.map((name) => encode.message(fields.GRAPH.output, encodeValueInfo({ name }))));
+  const source = await openLocation(model);
+  const out = await open(target, 'w');
+  try {
+    const write = async (chunk: Buffer): Promise<void> => {
+      await out.write(chunk);
+    };
+    const { keyOffset, offset, length } = model.graph;
+    await copyRange(source, 0, keyOffset, write);
+    await write(encode.lengthHeader(fields.MODEL.graph, length + extra.length));
+    await copyRange(source, offset, offset + length, write);
+    await write(extra);
+    await copyRange(source, offset + length, model.size, write);
+  } finally {
+    await out.close();
+    await source.close();
+  }
 }
 
 /**
  * A standalone model of some of the model's nodes: their NodeProto and initializer bytes copied
- * verbatim, fed by `inputs` (typed and shaped) and producing `outputs`.
+ * verbatim from the file, fed by `inputs` (typed and shaped) and producing `outputs`.
  */
-export function buildSubgraphModel(model: OnnxModelInfo, nodes: OnnxNode[], inputs: ValueInfo[], outputs: string[]): Uint8Array {
-  const graph = new Writer();
-  for (const node of nodes) graph.bytesField(GRAPH.node, node.raw);
-  graph.stringField(2, 'subgraph');
-  const used = new Set(nodes.flatMap((n) => n.inputs));
-  for (const name of used) {
-    const init = model.initializers.get(name);
-    if (init) graph.bytesField(GRAPH.initializer, init.raw);
+export async function buildSubgraphModel(
+  model: OnnxModelInfo, nodes: OnnxNode[], inputs: Pick<TensorInfo, 'name' | 'elemType' | 'dims'>[], outputs: string[],
+): Promise<Uint8Array> {
+  const { GRAPH, MODEL, OPSET } = fields;
+  const source = await openLocation(model);
+  const parts: Buffer[] = [];
+  try {
+    for (const node of nodes) parts.push(encode.bytes(GRAPH.node, await readBytes(source, node.span.offset, node.span.length)));
+    parts.push(encode.bytes(GRAPH.name, 'subgraph'));
+    for (const name of new Set(nodes.flatMap((n) => n.inputs))) {
+      const init = model.initializers.get(name);
+      if (init) parts.push(encode.bytes(GRAPH.initializer, await readBytes(source, init.span.offset, init.span.length)));
+    }
+  } finally {
+    await source.close();
   }
-  for (const input of inputs) graph.bytesField(GRAPH.input, encodeValueInfo(input));
-  for (const name of outputs) graph.bytesField(GRAPH.output, encodeValueInfo({ name, elemType: 0, shape: null }));
-  const out = new Writer();
-  out.intField(MODEL.irVersion, model.irVersion);
-  for (const opset of model.opsetImportsRaw) out.bytesField(MODEL.opsetImport, opset);
-  out.bytesField(MODEL.graph, graph.finish());
-  return out.finish();
+  for (const input of inputs) parts.push(encode.message(GRAPH.input, encodeValueInfo(input)));
+  for (const name of outputs) parts.push(encode.message(GRAPH.output, encodeValueInfo({ name })));
+  return Buffer.concat([
+    encode.varint(MODEL.irVersion, model.irVersion),
+    ...model.opsetImports.map((o) => encode.message(MODEL.opsetImport, encode.bytes(OPSET.domain, o.domain), encode.varint(OPSET.version, o.version))),
+    encode.message(MODEL.graph, ...parts),
+  ]);
 }
 
 // ---------------------------------------------------------------- shapes and costs
@@ -431,11 +159,6 @@ export interface ObservedTensor {
   /** bytes per element of the observed tensor */
   elementBytes: number;
 }
-
-const ORT_ELEMENT_BYTES: Record<string, number> = {
-  float32: 4, float16: 2, float64: 8, int8: 1, uint8: 1, int16: 2, uint16: 2, int32: 4, uint32: 4,
-  int64: 8, uint64: 8, bool: 1,
-};
 
 /**
  * Runs the model once with every node output exposed, so the shapes are those the runtime really
@@ -449,31 +172,42 @@ export async function observeTensorShapes(
 ): Promise<Map<string, ObservedTensor>> {
   const declared = new Set(model.outputs.map((o) => o.name));
   const extra = [...new Set(model.nodes.flatMap((n) => n.outputs))].filter((n) => n !== '' && !declared.has(n));
-  const session = await ort.InferenceSession.create(withExtraOutputs(model, extra), options);
+  const dir = await mkdtemp(join(tmpdir(), 'tuckerize-shapes-'));
   const shapes = new Map<string, ObservedTensor>();
   try {
-    const results = await session.run(feeds);
-    for (const [name, value] of Object.entries(results)) {
-      shapes.set(name, { dims: [...value.dims], elementBytes: ORT_ELEMENT_BYTES[value.type] ?? 0 });
-      value.dispose();
+    const path = join(dir, 'model.onnx');
+    await writeWithExtraOutputs(model, extra, path);
+    const session = await ort.InferenceSession.create(path, options);
+    try {
+      const results = await session.run(feeds);
+      for (const [name, value] of Object.entries(results)) {
+        shapes.set(name, { dims: [...value.dims], elementBytes: elementBytesByName(value.type) });
+        value.dispose();
+      }
+    } finally {
+      await session.release();
     }
   } finally {
-    await session.release();
+    await rm(dir, { recursive: true, force: true });
   }
   for (const [name, tensor] of Object.entries(feeds)) {
-    shapes.set(name, { dims: [...tensor.dims], elementBytes: ORT_ELEMENT_BYTES[tensor.type] ?? 0 });
+    shapes.set(name, { dims: [...tensor.dims], elementBytes: elementBytesByName(tensor.type) });
   }
   for (const init of model.initializers.values()) {
-    shapes.set(init.name, { dims: init.dims, elementBytes: ELEMENT_BYTES[init.dataType] ?? 0 });
+    shapes.set(init.name, { dims: init.dims, elementBytes: elementBytes(init.dataType) });
   }
   return shapes;
 }
 
 const product = (dims: readonly number[]): number => dims.reduce((a, b) => a * b, 1);
+/** Elements of one sample: everything but the leading (batch) dimension. */
+const perSample = (dims: readonly number[]): number => product(dims.slice(1));
 
 /**
- * Multiply-accumulates of one Conv, Gemm or MatMul node at the observed shapes; 0 for other ops
- * (element-wise ops, pooling and normalisation are memory-bound and excluded, as in the paper).
+ * Multiply-accumulates of one Conv, ConvTranspose, Gemm or MatMul node per sample (one image of the
+ * batch) at the observed shapes; 0 for other ops (element-wise ops, pooling and normalisation are
+ * memory-bound and excluded, as in the paper). The same formulas as the engine's metrics.py, which is
+ * the reference (test/onnx-cost.test.ts compares the two).
  */
 export function nodeMacs(node: OnnxNode, shapes: Map<string, ObservedTensor>): number {
   const out = shapes.get(node.outputs[0] ?? '');
@@ -483,14 +217,17 @@ export function nodeMacs(node: OnnxNode, shapes: Map<string, ObservedTensor>): n
   switch (node.opType) {
     case 'Conv':
       // each output element accumulates (C_in / group) · kh · kw products: the weight's dims after the first
-      return product(out.dims) * product(b.dims.slice(1));
-    case 'Gemm': {
-      const transA = node.attributes.get('transA')?.i === 1;
-      const k = transA ? a.dims[0] : a.dims[a.dims.length - 1];
-      return product(out.dims) * (k ?? 0);
+      return perSample(out.dims) * perSample(b.dims);
+    case 'ConvTranspose':
+      // each input element is scattered through (C_out / group) · kh · kw products
+      return perSample(a.dims) * perSample(b.dims);
+    case 'Gemm':
+    case 'MatMul': {
+      const transA = node.opType === 'Gemm' && node.attributes.get('transA')?.i === 1;
+      const inner = (transA ? a.dims[0] : a.dims[a.dims.length - 1]) ?? 0;
+      // a vector·matrix product has no batch dimension
+      return (out.dims.length === 1 ? out.dims[0]! : perSample(out.dims)) * inner;
     }
-    case 'MatMul':
-      return product(out.dims) * (a.dims[a.dims.length - 1] ?? 0);
     default:
       return 0;
   }
@@ -503,35 +240,52 @@ export interface NodeCost {
 }
 
 export interface ModelCost {
-  /** elements of floating-point initializers (weights, biases, normalisation statistics) */
+  /** elements of floating-point initializers (weights, biases, normalisation statistics), Identity aliases counted again */
   params: number;
   /** bytes of all initializers */
   weightBytes: number;
+  /** per sample (one image of the batch) */
   macs: number;
-  /** bytes of the fed inputs */
+  /** bytes of the fed inputs per sample */
   inputBytes: number;
-  /** bytes of every tensor a node produces (intermediate activations and the outputs) */
+  /** bytes of every tensor a node produces (intermediate activations and the outputs) per sample */
   activationBytes: number;
   /** the graph's declared outputs, a subset of activationBytes */
   outputBytes: number;
   perNode: NodeCost[];
 }
 
-export function modelCost(model: OnnxModelInfo, shapes: Map<string, ObservedTensor>): ModelCost {
-  let params = 0;
-  let weightBytes = 0;
-  for (const init of model.initializers.values()) {
-    if (FLOAT_TYPES.has(init.dataType)) params += init.elements;
-    weightBytes += init.bytes;
+/**
+ * Floating-point initializer elements. torch.onnx.export stores equal tensors once behind Identity nodes
+ * (the zero biases of a fresh network); they are still separate parameters, as the engine counts them.
+ */
+export function paramCount(model: OnnxModelInfo): number {
+  const floats = new Map<string, number>();
+  for (const init of model.initializers.values()) if (ELEMENT_TYPES[init.dataType]?.float) floats.set(init.name, init.elements);
+  let total = [...floats.values()].reduce((a, b) => a + b, 0);
+  for (const node of model.nodes) {
+    const aliased = node.opType === 'Identity' ? floats.get(node.inputs[0] ?? '') : undefined;
+    if (aliased !== undefined && node.outputs[0] !== undefined) {
+      floats.set(node.outputs[0], aliased);
+      total += aliased;
+    }
   }
+  return total;
+}
+
+/** Costs per sample (one image of the batch the shapes were observed at), as the engine counts them. */
+export function modelCost(model: OnnxModelInfo, shapes: Map<string, ObservedTensor>): ModelCost {
+  let weightBytes = 0;
+  for (const init of model.initializers.values()) weightBytes += init.bytes;
+  const batch = shapes.get(model.inputs[0]?.name ?? '')?.dims[0] ?? 1;
   const bytesOf = (name: string): number => {
     const t = shapes.get(name);
-    return t ? product(t.dims) * t.elementBytes : 0;
+    return t ? (product(t.dims) * t.elementBytes) / Math.max(1, batch) : 0;
   };
   const perNode = model.nodes.map((n) => ({ name: n.name, opType: n.opType, macs: nodeMacs(n, shapes) }));
   const produced = new Set(model.nodes.flatMap((n) => n.outputs).filter((n) => n !== ''));
   return {
-    params,
+    params: paramCount(model),
     weightBytes,
     macs: perNode.reduce((s, n) => s + n.macs, 0),
     inputBytes: model.inputs.reduce((s, i) => s + bytesOf(i.name), 0),

@@ -127,7 +127,7 @@ const sameNode = (a: OnnxNode, b: OnnxNode) =>
   a.opType === b.opType && a.inputs.join('\u0000') === b.inputs.join('\u0000');
 
 async function subgraphMacs(bytes: Uint8Array, feeds: Record<string, ort.Tensor>, options: ort.InferenceSession.SessionOptions) {
-  const model = parseOnnxModel(bytes);
+  const model = await parseOnnxModel(bytes);
   const shapes = await observeTensorShapes(model, feeds, options);
   return model.nodes.reduce((s, n) => s + nodeMacs(n, shapes), 0);
 }
@@ -151,7 +151,7 @@ export async function profileLayers(options: ProfileOptions): Promise<LayerProfi
   const uniform = seededUniform(options.seed);
   const feeds: Record<string, ort.Tensor> = {};
   for (const input of original.inputs) {
-    const signature = { name: input.name, type: 'float32', shape: input.shape ?? [] };
+    const signature = { name: input.name, type: 'float32', shape: input.dims.map((d) => d ?? '?') };
     const dims = resolveInputShape(signature, 1, options.inputShape);
     feeds[input.name] = new ort.Tensor('float32', fillNormal(new Float32Array(dims.reduce((a, b) => a * b, 1)), uniform), dims);
   }
@@ -191,9 +191,9 @@ export async function profileLayers(options: ProfileOptions): Promise<LayerProfi
       skipped.push({ layer: label, reason: `in the original graph: ${originalChain}` });
       continue;
     }
-    const input = { name: x, elemType: ONNX_FLOAT, shape: xShape.dims };
-    const originalBytes = buildSubgraphModel(original, originalChain, [input], [y]);
-    const chainBytes = buildSubgraphModel(compressed, chain, [input], [y]);
+    const input = { name: x, elemType: ONNX_FLOAT, dims: xShape.dims };
+    const originalBytes = await buildSubgraphModel(original, originalChain, [input], [y]);
+    const chainBytes = await buildSubgraphModel(compressed, chain, [input], [y]);
     const layerFeeds = {
       [x]: new ort.Tensor('float32', fillNormal(new Float32Array(xShape.dims.reduce((a, b) => a * b, 1)), uniform), xShape.dims),
     };

@@ -5,7 +5,8 @@
 import os from 'node:os';
 import * as ort from 'onnxruntime-node';
 import { estimateEnergy, type EnergyEstimate } from './energy.js';
-import { modelCost, observeTensorShapes, readOnnxModel, type ModelCost, type OnnxModelInfo, type ValueInfo } from './onnx-info.js';
+import { dataTypeName } from '../onnx/index.js';
+import { modelCost, observeTensorShapes, readOnnxModel, type ModelCost, type OnnxModelInfo, type TensorInfo } from './onnx-info.js';
 
 export class VerificationError extends Error {
   override name = 'VerificationError';
@@ -215,14 +216,9 @@ async function loadChecked(path: string, role: string, options: ort.InferenceSes
   }
 }
 
-const ONNX_TYPE_NAMES: Record<number, string> = {
-  0: 'undeclared', 1: 'float32', 2: 'uint8', 3: 'int8', 4: 'uint16', 5: 'int16', 6: 'int32', 7: 'int64', 8: 'string',
-  9: 'bool', 10: 'float16', 11: 'float64', 12: 'uint32', 13: 'uint64', 16: 'bfloat16',
-};
-
 /** The interface as the file declares it: what other runtimes and code generators will read. */
-function declaredSignature(values: ValueInfo[]): IoSignature[] {
-  return values.map((v) => ({ name: v.name, type: ONNX_TYPE_NAMES[v.elemType] ?? `onnx-type-${v.elemType}`, shape: v.shape ?? [] }));
+function declaredSignature(values: TensorInfo[]): IoSignature[] {
+  return values.map((v) => ({ name: v.name, type: dataTypeName(v.elemType), shape: v.dims.map((d) => d ?? '?') }));
 }
 
 function signature(meta: readonly ort.InferenceSession.ValueMetadata[]): IoSignature[] {
