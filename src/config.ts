@@ -68,8 +68,9 @@ const configSchema = z.object({
   SSE_MAX_STREAMS_PER_TENANT: intFromEnv(50, 1),
   JOB_MAX_MEMORY_MB: intFromEnv(8192, 64),
   JOB_MAX_COMPUTE_SECONDS: intFromEnv(3600, 1),
-  ENGINE_MACS_PER_SECOND: intFromEnv(4_000_000_000, 1),
+  ENGINE_MACS_PER_SECOND: intFromEnv(3_900_000_000, 1),
   TENANT_MAX_ACTIVE_JOBS: intFromEnv(20, 1),
+  TENANT_MAX_RUNNING_JOBS: intFromEnv(1, 1),
   TENANT_MAX_COMPUTE_SECONDS_PER_HOUR: intFromEnv(4 * 3600, 1),
 });
 
@@ -124,6 +125,8 @@ export interface Config {
   /** per-tenant quotas: queued + running jobs, and estimated compute seconds of the jobs created in the last hour */
   tenantMaxActiveJobs: number;
   tenantMaxComputeSecondsPerHour: number;
+  /** a tenant's jobs runnable at once (waiting or running); the rest wait their turn (src/queue/fair.ts) */
+  tenantMaxRunningJobs: number;
 }
 
 export type StorageConfig =
@@ -211,6 +214,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     jobMaxComputeSeconds: e.JOB_MAX_COMPUTE_SECONDS,
     engineMacsPerSecond: e.ENGINE_MACS_PER_SECOND,
     tenantMaxActiveJobs: e.TENANT_MAX_ACTIVE_JOBS,
+    tenantMaxRunningJobs: e.TENANT_MAX_RUNNING_JOBS,
     tenantMaxComputeSecondsPerHour: e.TENANT_MAX_COMPUTE_SECONDS_PER_HOUR,
   };
 }

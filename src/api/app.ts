@@ -18,8 +18,9 @@ import {
 import { Redis } from 'ioredis';
 import type { Config } from '../config.js';
 import { createPrisma, type PrismaClient } from '../db/client.js';
-import { JobStates } from '../jobs/state.js';
+import { isTerminal, JobStates } from '../jobs/state.js';
 import { createServiceMetrics, instrumentHttp, type ServiceMetrics } from '../ops/metrics.js';
+import { FairDispatcher } from '../queue/fair.js';
 import { createCompressionQueue, type CompressionJobData } from '../queue/index.js';
 import { createStore, type ArtifactStore } from '../store/index.js';
 import { Authenticator } from './auth.js';
@@ -138,6 +139,16 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     prefix: config.queuePrefix,
     onPublishError: (err, message) => app.log.warn({ jobId: message.jobId, err: err.message }, 'job event not published; followers see the DB state'),
   });
+  // A tenant's held jobs move up when one of its jobs ends (any process's transition, via the job-events
+  // channel), and after a Redis reconnect or this process's start, when such an event may have been missed.
+  const dispatcher = new FairDispatcher(queue, redis, prisma, config.queuePrefix, config.tenantMaxRunningJobs);
+  const logRelease = (err: Error) => app.log.warn({ err: err.message }, 'releasing held jobs failed; their delay is the backstop');
+  events.subscribeAll((event) => {
+    if (event.kind === 'resync') void dispatcher.releaseAll().catch(logRelease);
+    else if (event.message.type === 'status' && isTerminal(event.message.status)) {
+      void dispatcher.release(event.message.tenantId).catch(logRelease);
+    }
+  });
   const ctx: AppContext = {
     config,
     prisma,
@@ -145,6 +156,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     queue,
     store: deps.store ?? (await createStore(config)),
     events,
+    dispatcher,
     jobs,
     analyzer,
   };
@@ -235,5 +247,6 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   });
 
   await app.ready();
+  void dispatcher.releaseAll().catch(logRelease);
   return app;
 }

@@ -179,6 +179,8 @@ export function registerErrorHandlers(app: FastifyInstance): void {
       else request.log.info({ status: apiError.status, detail: apiError.message }, 'request refused');
       // A request cut for a timeout still has unread body bytes: the connection cannot be reused.
       if (apiError.status === 408) reply.header('connection', 'close');
+      const retryAfter = (apiError as { retryAfterSeconds?: unknown }).retryAfterSeconds;
+      if (typeof retryAfter === 'number') reply.header('retry-after', String(retryAfter));
       return sendProblem(reply, problemOf(apiError, request.url.split('?')[0] ?? '/'));
     }
     request.log.error({ err: error }, 'unhandled error');

@@ -39,6 +39,7 @@ export class JobEventHub {
   private subscriber: Redis | undefined;
   private subscribed: Promise<unknown> | undefined;
   private readonly listeners = new ListenersByJob<JobEventListener>();
+  private readonly everyJob = new Set<JobEventListener>();
   private readonly streamsByTenant = new Map<string, number>();
   private readonly channel: string;
 
@@ -75,6 +76,13 @@ export class JobEventHub {
     return this.listeners.add(jobId, listener);
   }
 
+  /** Every message of every job (and every resync); starts the subscription. Returns the unsubscribe. */
+  subscribeAll(listener: JobEventListener): () => void {
+    this.ensureStarted();
+    this.everyJob.add(listener);
+    return () => this.everyJob.delete(listener);
+  }
+
   /** Resolves once the subscription is active, so messages published afterwards reach subscribers. */
   async ready(): Promise<void> {
     this.ensureStarted();
@@ -91,6 +99,7 @@ export class JobEventHub {
       const message = parseMessage(payload);
       if (!message) return;
       for (const listener of this.listeners.of(message.jobId)) listener({ kind: 'message', message });
+      for (const listener of this.everyJob) listener({ kind: 'message', message });
     });
     let connectedBefore = false;
     subscriber.on('ready', () => {
@@ -104,11 +113,12 @@ export class JobEventHub {
   }
 
   private resyncAll(): void {
-    for (const listener of this.listeners.all()) listener({ kind: 'resync' });
+    for (const listener of [...this.listeners.all(), ...this.everyJob]) listener({ kind: 'resync' });
   }
 
   async close(): Promise<void> {
     this.listeners.clear();
+    this.everyJob.clear();
     this.streamsByTenant.clear();
     const subscriber = this.subscriber;
     this.subscriber = undefined;

@@ -30,8 +30,13 @@ export function createCompressionQueue(connection: ConnectionOptions, prefix: st
   return new Queue<CompressionJobData>(COMPRESSION_QUEUE, { connection, prefix, defaultJobOptions });
 }
 
-export async function enqueueCompressionJob(queue: Queue<CompressionJobData>, data: CompressionJobData): Promise<void> {
-  await queue.add('compress', data, { jobId: data.jobId });
+/** `delay` adds the job held back (src/queue/fair.ts promotes it when its tenant has a free slot). */
+export async function enqueueCompressionJob(
+  queue: Queue<CompressionJobData>,
+  data: CompressionJobData,
+  options: { delay?: number } = {},
+): Promise<void> {
+  await queue.add('compress', data, { jobId: data.jobId, ...(options.delay ? { delay: options.delay } : {}) });
 }
 
 /**

@@ -4,10 +4,11 @@ import { isTerminal } from '../../jobs/state.js';
 import { jobView } from '../../jobs/view.js';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { enqueueCompressionJob, publishCancel } from '../../queue/index.js';
+import { publishCancel } from '../../queue/index.js';
 import { principalOf } from '../auth.js';
 import type { AppContext } from '../context.js';
 import { streamJobEvents } from '../job-events.js';
+import { admitJob, type EstimateInput } from '../job-limits.js';
 import { ConflictError, NotFoundError } from '../errors.js';
 import type { TensorInfo } from '../onnx.js';
 import { checkDatasetFitsModel, type DatasetInspection } from '../../security/index.js';
@@ -89,9 +90,11 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
       if (!model) throw new NotFoundError(`model ${body.modelId} does not exist for this API key's tenant; upload it with POST /v1/models`);
       let datasetId: string | null = null;
       let builtinDataset: string | null = null;
+      let estimated: EstimateInput['dataset'] = null;
       if (body.datasetId !== undefined) {
         if ((BUILTIN_DATASETS as readonly string[]).includes(body.datasetId)) {
           builtinDataset = body.datasetId;
+          estimated = 'builtin';
         } else {
           const dataset = await prisma.dataset.findFirst({ where: { id: body.datasetId, tenantId } });
           if (!dataset) throw new NotFoundError(`dataset ${body.datasetId} does not exist for this API key's tenant; upload it with POST /v1/datasets`);
@@ -100,8 +103,10 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
             (model.inputs as unknown as TensorInfo[]).map((t) => ({ name: t.name, elemType: t.elemType, dims: t.dims })),
           );
           datasetId = dataset.id;
+          estimated = dataset;
         }
       }
+      const estimate = await admitJob(prisma, ctx.config, tenantId, { model, dataset: estimated, options: body.options });
 
       let job: Job;
       try {
@@ -113,6 +118,7 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
           options: body.options as object,
           idempotencyKey: idempotencyKey ?? null,
           requestHash,
+          estimatedComputeSeconds: estimate.computeSeconds,
         });
       } catch (err) {
         // A concurrent request with the same Idempotency-Key won the insert.
@@ -120,12 +126,12 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
         throw err;
       }
       try {
-        await withTimeout(enqueueCompressionJob(queue, { jobId: job.id, tenantId }), ENQUEUE_TIMEOUT_MS);
+        await withTimeout(ctx.dispatcher.enqueue({ jobId: job.id, tenantId }), ENQUEUE_TIMEOUT_MS);
       } catch (err) {
         // The row is the truth: requeueOrphans (worker startup) enqueues queued rows missing from Redis.
         request.log.warn({ jobId: job.id, err: (err as Error).message }, 'enqueue failed; the reconciler will enqueue the job');
       }
-      request.log.info({ jobId: job.id, modelId: model.id }, 'job created');
+      request.log.info({ jobId: job.id, modelId: model.id, estimate }, 'job created');
       return reply.code(202).header('location', `/v1/jobs/${job.id}`).send({ id: job.id, status: job.status });
     },
   );
