@@ -5,6 +5,11 @@ Every loader returns a `Dataset` whose `x` is float32 NCHW exactly as the model 
 valid: fine-tuning then distils from the original model). Uploads are untrusted: `.npz` members are read
 with pickles disallowed after checking their headers, `.zip` members are read in memory with size
 limits (never extracted), and every refusal raises EngineInputError naming the file, member and value.
+
+A `.zip` of images is not decoded into one (N, C, H, W) tensor: its `x` is an `ImageZipTensor` that decodes
+the images a batch asks for (`x[indices]`, `x[a:b]`) and caches decoded images up to ZIP_DECODE_CACHE_BYTES,
+so a job's memory is bounded by the batch and the cache whatever the number and size of the images.
+`info["spec"]` names the file, never its directory: it ends up in reports.
 """
 from __future__ import annotations
 
@@ -36,11 +41,98 @@ MAX_ZIP_TOTAL_BYTES = 4 * 1024 ** 3
 MAX_COMPRESSION_RATIO = 200  # PNG/JPEG barely compress further; a higher ratio is a zip bomb
 MAX_IMAGE_PIXELS = 64 * 1024 ** 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Decoded .zip images kept in memory for the next epochs; past it images are decoded again when asked for.
+ZIP_DECODE_CACHE_BYTES = 256 * 1024 ** 2
+
+
+class ImageZipTensor:
+    """The (N, C, H, W) float32 images of a .zip, decoded when indexed.
+
+    Indexing with an int, a slice, a list or an index tensor returns a real tensor of the selected images
+    (the way a batch is taken); `take(indices)` returns a view of a subset without decoding anything. Views
+    share one cache of decoded images, bounded by `cache_bytes`. Optional per-channel normalisation is
+    applied to what is returned.
+    """
+
+    def __init__(self, path: Path, members: Sequence[str], channels: int, height: int, width: int, side: int,
+                 cache_bytes: int = ZIP_DECODE_CACHE_BYTES):
+        self._source = {"path": path, "archive": None, "members": list(members), "target": (channels, height, width, side),
+                        "cache": {}, "cacheLimit": max(0, cache_bytes // (channels * height * width * 4)),
+                        "decodedBytes": 0}
+        self._rows = torch.arange(len(members))
+        self._mean: Optional[torch.Tensor] = None
+        self._std: Optional[torch.Tensor] = None
+
+    @property
+    def shape(self) -> torch.Size:
+        channels, height, width, _ = self._source["target"]
+        return torch.Size((len(self._rows), channels, height, width))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def take(self, indices) -> "ImageZipTensor":
+        view = object.__new__(ImageZipTensor)
+        view._source, view._mean, view._std = self._source, self._mean, self._std
+        view._rows = self._rows[torch.as_tensor(indices, dtype=torch.long)]
+        return view
+
+    def normalised(self, mean: torch.Tensor, std: torch.Tensor) -> "ImageZipTensor":
+        view = self.take(torch.arange(len(self._rows)))
+        view._mean, view._std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+        return view
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if isinstance(key, tuple):  # x[rows, channel, ...]: the rows decoded, the rest indexed as usual
+            rows = self[key[0]]
+            return rows[key[1:]] if isinstance(key[0], int) else rows[(slice(None), *key[1:])]
+        if isinstance(key, int):
+            return self[torch.tensor([key])][0]
+        rows = self._rows[key] if isinstance(key, slice) else self._rows[torch.as_tensor(key, dtype=torch.long)]
+        batch = torch.stack([self._image(int(row)) for row in rows.reshape(-1)]) if rows.numel() else \
+            torch.empty((0, *self.shape[1:]), dtype=torch.float32)
+        if self._mean is not None:
+            batch = (batch - self._mean) / self._std
+        return batch
+
+    def batches(self, size: int = 256):
+        for start in range(0, len(self), size):
+            yield self[start:start + size]
+
+    def min(self) -> torch.Tensor:
+        return torch.stack([batch.min() for batch in self.batches()]).min()
+
+    def max(self) -> torch.Tensor:
+        return torch.stack([batch.max() for batch in self.batches()]).max()
+
+    def _image(self, row: int) -> torch.Tensor:
+        source = self._source
+        cached = source["cache"].get(row)
+        if cached is not None:
+            return cached
+        if source["archive"] is None:
+            source["archive"] = zipfile.ZipFile(source["path"])
+        filename = source["path"].name
+        member = source["members"][row]
+        with source["archive"].open(member) as handle:
+            data = handle.read(MAX_ZIP_MEMBER_BYTES + 1)
+        if len(data) > MAX_ZIP_MEMBER_BYTES:
+            raise EngineInputError(f"{filename}: member {member!r} exceeds {MAX_ZIP_MEMBER_BYTES} bytes")
+        source["decodedBytes"] += len(data)
+        from PIL import Image
+        image = _decode_image(Image, filename, member, data, *source["target"])
+        if len(source["cache"]) < source["cacheLimit"]:
+            source["cache"][row] = image
+        return image
 
 
 @dataclass
 class Dataset:
-    x: torch.Tensor                    # (N, C, H, W) float32
+    x: "torch.Tensor | ImageZipTensor"  # (N, C, H, W) float32
     y: Optional[torch.Tensor]          # (N,) int64, or None when unlabelled
     info: dict = field(default_factory=dict)
 
@@ -49,7 +141,8 @@ class Dataset:
 
     def subset(self, indices: torch.Tensor) -> "Dataset":
         info = dict(self.info, count=int(indices.numel()))
-        return Dataset(self.x[indices], None if self.y is None else self.y[indices], info)
+        x = self.x.take(indices) if isinstance(self.x, ImageZipTensor) else self.x[indices]
+        return Dataset(x, None if self.y is None else self.y[indices], info)
 
 
 def load_dataset(spec: str, input_shape: Optional[Sequence] = None, split: str = "train",
@@ -201,7 +294,7 @@ def load_npz(path: Path) -> Dataset:
             raise EngineInputError(f"{path.name}: y contains the negative label {int(y.min())}; labels are class indices >= 0")
         labels = torch.from_numpy(y.astype(np.int64))
         classes = int(labels.max()) + 1
-    info = {"spec": str(path), "count": int(images.shape[0]), "shape": list(images.shape[1:]), "classes": classes,
+    info = {"spec": path.name, "count": int(images.shape[0]), "shape": list(images.shape[1:]), "classes": classes,
             "labelled": labels is not None, "preprocessing": f"npz: {scale}, NCHW as stored"}
     return Dataset(images, labels, info)
 
@@ -243,7 +336,7 @@ def load_image_zip(path: Path, input_shape: Optional[Sequence], resize: Optional
     if side < max(height, width):
         raise EngineInputError(f"resize {side} is smaller than the crop {height}x{width}")
     try:
-        from PIL import Image
+        import PIL.Image  # noqa: F401  (ImageZipTensor decodes with it)
     except ImportError as err:  # pragma: no cover - Pillow ships with Debian's torchvision
         raise EngineInputError("decoding a .zip image dataset needs Pillow (python3-pil)") from err
 
@@ -265,23 +358,16 @@ def load_image_zip(path: Path, input_shape: Optional[Sequence], resize: Optional
         class_names = sorted({parts[0] for parts in relative}) if labelled else []
         class_index = _class_indices(class_names)
 
-        images = torch.empty((len(entries), channels, height, width), dtype=torch.float32)
-        labels = torch.empty(len(entries), dtype=torch.int64) if labelled else None
-        total = 0
-        for i, (info, parts) in enumerate(zip(entries, relative)):
-            with archive.open(info) as handle:
-                data = handle.read(MAX_ZIP_MEMBER_BYTES + 1)
-            if len(data) > MAX_ZIP_MEMBER_BYTES:
-                raise EngineInputError(f"{path.name}: member {info.filename!r} exceeds {MAX_ZIP_MEMBER_BYTES} bytes")
-            total += len(data)
-            if total > MAX_ZIP_TOTAL_BYTES:
-                raise EngineInputError(f"{path.name}: images exceed {MAX_ZIP_TOTAL_BYTES} bytes in total")
-            images[i] = _decode_image(Image, path.name, info.filename, data, channels, height, width, side)
-            if labels is not None:
-                labels[i] = class_index[parts[0]]
+        labels = torch.tensor([class_index[parts[0]] for parts in relative], dtype=torch.int64) if labelled else None
+        declared = sum(info.file_size for info in entries)
+        if declared > MAX_ZIP_TOTAL_BYTES:
+            raise EngineInputError(f"{path.name}: images declare {declared} bytes in total; the limit is {MAX_ZIP_TOTAL_BYTES}")
+    images = ImageZipTensor(path, [info.filename for info in entries], channels, height, width, side)
+    # Decode (and cache) the first image now, so an undecodable archive is refused before any work starts.
+    images[0]  # noqa: B018
 
     mode = "grayscale" if channels == 1 else "RGB"
-    info = {"spec": str(path), "count": len(entries), "shape": [channels, height, width],
+    info = {"spec": path.name, "count": len(entries), "shape": [channels, height, width],
             "classes": (max(class_index.values()) + 1) if labelled else None, "labelled": labelled,
             "preprocessing": (f"zip: decode PNG/JPEG, convert to {mode}, resize shorter side to {side} (bilinear), "
                               f"center crop {height}x{width}, scale to [0,1] (x/255), NCHW")}
@@ -381,7 +467,10 @@ def _normalise(dataset: Dataset, mean: Optional[Sequence[float]], std: Optional[
         raise EngineInputError(f"mean/std need {channels} values (one per channel), got {mean_t.tolist()} / {std_t.tolist()}")
     if (std_t <= 0).any():
         raise EngineInputError(f"std values must be positive, got {std_t.tolist()}")
-    x = (dataset.x - mean_t.view(1, -1, 1, 1)) / std_t.view(1, -1, 1, 1)
+    if isinstance(dataset.x, ImageZipTensor):
+        x = dataset.x.normalised(mean_t, std_t)
+    else:
+        x = (dataset.x - mean_t.view(1, -1, 1, 1)) / std_t.view(1, -1, 1, 1)
     info = dict(dataset.info, preprocessing=dataset.info["preprocessing"] +
                 f", then (x - {mean_t.tolist()}) / {std_t.tolist()}")
     return Dataset(x, dataset.y, info)
