@@ -10,6 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { loadConfig } from '../src/config.js';
 import { ArtifactNotFoundError, checkpointKeyFor, createStore, PayloadTooLargeError, type ArtifactStore } from '../src/store/index.js';
+import { parseRange } from '../src/store/ranges.js';
 import { startS3, type TestS3 } from './helpers/s3.js';
 
 async function readAll(stream: Readable): Promise<Buffer> {
@@ -148,5 +149,23 @@ describe('S3 artifact store (s3rver)', () => {
     assert.equal(await readFile(path.join(work, 'a', 'cache', fresh.key), 'utf8'), 'fresh cached copy');
     assert.equal(await store.exists(old.key), true, 'the bucket keeps the object');
     assert.equal(await readFile(await store.localPath(old.key), 'utf8'), 'old cached copy', 'downloaded again on use');
+  });
+});
+
+describe('HTTP ranges (parseRange)', () => {
+  const etag = '"abc"';
+  test('one range: first-last, open end, suffix; past the end is unsatisfiable; others are answered whole', () => {
+    assert.deepEqual(parseRange('bytes=2-5', undefined, 10, etag), { kind: 'partial', range: { start: 2, end: 5 } });
+    assert.deepEqual(parseRange('bytes=7-', undefined, 10, etag), { kind: 'partial', range: { start: 7, end: 9 } });
+    assert.deepEqual(parseRange('bytes=4-100', undefined, 10, etag), { kind: 'partial', range: { start: 4, end: 9 } });
+    assert.deepEqual(parseRange('bytes=-3', undefined, 10, etag), { kind: 'partial', range: { start: 7, end: 9 } });
+    assert.deepEqual(parseRange('bytes=-30', undefined, 10, etag), { kind: 'partial', range: { start: 0, end: 9 } });
+    assert.deepEqual(parseRange('bytes=10-', undefined, 10, etag), { kind: 'unsatisfiable' });
+    assert.deepEqual(parseRange('bytes=-0', undefined, 10, etag), { kind: 'unsatisfiable' });
+    for (const header of [undefined, 'bytes=0-1,4-5', 'items=0-1', 'bytes=5-2', 'bytes=-', 'garbage']) {
+      assert.deepEqual(parseRange(header, undefined, 10, etag), { kind: 'whole' }, String(header));
+    }
+    assert.deepEqual(parseRange('bytes=2-5', etag, 10, etag).kind, 'partial', 'If-Range naming the current ETag');
+    assert.deepEqual(parseRange('bytes=2-5', '"old"', 10, etag), { kind: 'whole' }, 'If-Range naming an older ETag');
   });
 });

@@ -35,6 +35,8 @@ import { modelRoutes } from './routes/models.js';
 import { registerAdmin } from './routes/admin.js';
 import { opsRoutes } from './routes/ops.js';
 import { statsRoutes } from './routes/stats.js';
+import { webhookRoutes } from './routes/webhooks.js';
+import { createWebhookQueue, webhookTerminalHook } from '../webhooks/deliveries.js';
 
 export const API_VERSION = '1.0.0';
 
@@ -139,6 +141,11 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     prefix: config.queuePrefix,
     onPublishError: (err, message) => app.log.warn({ jobId: message.jobId, err: err.message }, 'job event not published; followers see the DB state'),
   });
+  // A cancel is a terminal transition made here: its webhook deliveries are enqueued from the API.
+  const webhookQueue = createWebhookQueue({ url: config.redisUrl, maxRetriesPerRequest: 1, connectTimeout: 2000 }, config.queuePrefix, config.webhooks);
+  webhookQueue.on('error', (err) => app.log.warn({ err: err.message }, 'webhook queue connection error'));
+  owned.push(() => webhookQueue.close());
+  jobs.onTerminal(webhookTerminalHook(webhookQueue, app.log));
   // A tenant's held jobs move up when one of its jobs ends (any process's transition, via the job-events
   // channel), and after a Redis reconnect or this process's start, when such an event may have been missed.
   const dispatcher = new FairDispatcher(queue, redis, prisma, config.queuePrefix, config.tenantMaxRunningJobs);
@@ -244,6 +251,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     await v1.register(datasetRoutes, { ctx });
     await v1.register(jobRoutes, { ctx });
     await v1.register(statsRoutes, { ctx });
+    await v1.register(webhookRoutes, { ctx });
   });
 
   await app.ready();

@@ -73,6 +73,11 @@ export class UnsupportedMediaTypeError extends ApiError {
     super(415, 'unsupported-media-type', 'Unsupported media type', detail);
   }
 }
+export class RangeNotSatisfiableError extends ApiError {
+  constructor(detail: string) {
+    super(416, 'range-not-satisfiable', 'Range not satisfiable', detail);
+  }
+}
 export class ServiceUnavailableError extends ApiError {
   constructor(detail: string) {
     super(503, 'service-unavailable', 'Service unavailable', detail);

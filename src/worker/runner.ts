@@ -15,6 +15,7 @@ import { CancelBus } from '../queue/cancel.js';
 import { requeueOrphans } from '../db/reconcile.js';
 import { COMPRESSION_QUEUE, createCompressionQueue, type CompressionJobData } from '../queue/index.js';
 import { createStore } from '../store/index.js';
+import { createWebhookQueue, startDeliveryWorker, webhookTerminalHook } from '../webhooks/deliveries.js';
 import { createJobProcessor, markFailedIfUnfinished, type JobOutcome, type MeasureFn, type ProcessorDeps } from './jobs.js';
 
 export interface StartWorkerOptions {
@@ -102,6 +103,11 @@ export async function startWorker(config: Config, options: StartWorkerOptions = 
     prefix: config.queuePrefix,
     onPublishError: (err, message) => logger.warn({ jobId: message.jobId, err: err.message }, 'job event not published'),
   });
+  // Jobs end here (succeeded, failed): their webhook deliveries are created with the transition and sent
+  // by the delivery worker of whichever worker process takes them.
+  const webhookQueue = createWebhookQueue(connection, config.queuePrefix, config.webhooks);
+  jobs.onTerminal(webhookTerminalHook(webhookQueue, logger));
+  const webhooks = startDeliveryWorker({ prisma, connection, prefix: config.queuePrefix, config: config.webhooks, logger, queue: webhookQueue });
 
   await sweepJobDirs(prisma, config.workDir, logger);
   await store.cleanupTemp(TEMP_MAX_AGE_MS);
@@ -161,6 +167,8 @@ export async function startWorker(config: Config, options: StartWorkerOptions = 
     closing ??= (async () => {
       clearInterval(reconcileTimer);
       await worker.close();
+      await webhooks.close();
+      await webhookQueue.close();
       await producer.close();
       await cancels.close();
       await connection.quit();

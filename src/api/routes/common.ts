@@ -11,6 +11,7 @@ const PROBLEM_DESCRIPTIONS: Record<number, string> = {
   409: 'the resource is not in a state that allows this',
   413: 'upload larger than the configured limit',
   415: 'wrong content type',
+  416: 'the requested byte range lies outside the file',
   422: 'the upload is not usable (the detail says why)',
   429: 'rate limit exceeded',
   503: 'a dependency (database or Redis) is unavailable',

@@ -9,9 +9,10 @@ import { principalOf } from '../auth.js';
 import type { AppContext } from '../context.js';
 import { streamJobEvents } from '../job-events.js';
 import { admitJob, type EstimateInput } from '../job-limits.js';
-import { ConflictError, NotFoundError } from '../errors.js';
+import { ConflictError, NotFoundError, RangeNotSatisfiableError } from '../errors.js';
 import type { TensorInfo } from '../onnx.js';
 import { checkDatasetFitsModel, type DatasetInspection } from '../../security/index.js';
+import { parseRange } from '../../store/ranges.js';
 import {
   BUILTIN_DATASETS,
   CreateJobBodySchema,
@@ -239,7 +240,9 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
         summary: 'Download the compressed model (.onnx)',
         description:
           'Streamed. Headers: Content-Length, ETag (the sha256), X-Content-SHA256 (hex), Digest (sha-256, base64). ' +
-          'If-None-Match with the ETag answers 304.',
+          'If-None-Match with the ETag answers 304. One byte range (`Range: bytes=a-b`, optionally with If-Range) ' +
+          'answers 206. Where the server stores artifacts in S3 with presigned downloads on, the answer is a 302 to ' +
+          'a short-lived URL of the object store.',
         tags: ['jobs'],
         security: AUTH,
         params: IdParamsSchema,
@@ -249,8 +252,13 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
             description: 'the compressed model',
             content: { 'application/octet-stream': { schema: z.any().meta({ type: 'string', format: 'binary' }) } },
           },
+          206: {
+            description: 'the requested byte range of the compressed model (Content-Range says which)',
+            content: { 'application/octet-stream': { schema: z.any().meta({ type: 'string', format: 'binary' }) } },
+          },
+          302: z.undefined().describe('download it from the short-lived URL in Location (object store)'),
           304: z.undefined().describe('not modified (If-None-Match matched)'),
-          ...problems(400, 401, 404, 409, 429, 503),
+          ...problems(400, 401, 404, 409, 416, 429, 503),
         },
       },
     },
@@ -270,12 +278,29 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
         .header('digest', `sha-256=${Buffer.from(artifact.sha256, 'hex').toString('base64')}`)
         .header('cache-control', 'private, max-age=0, must-revalidate');
       if (request.headers['if-none-match'] === etag) return reply.code(304).send();
-      const stream = await store.openRead(artifact.storageKey);
-      return reply
+      const fileName = `${stem}.compressed.onnx`;
+      const presigned = await store.downloadUrl(artifact.storageKey, fileName);
+      if (presigned) return reply.code(302).header('location', presigned).send();
+      const size = Number(artifact.bytes);
+      const ifRange = request.headers['if-range'];
+      const wanted = parseRange(request.headers.range, typeof ifRange === 'string' ? ifRange : undefined, size, etag);
+      if (wanted.kind === 'unsatisfiable') {
+        reply.header('content-range', `bytes */${size}`);
+        throw new RangeNotSatisfiableError(`the artifact has ${size} bytes; ask for a range inside bytes=0-${size - 1}`);
+      }
+      reply
         .type('application/octet-stream')
-        .header('content-length', String(artifact.bytes))
-        .header('content-disposition', `attachment; filename="${stem}.compressed.onnx"`)
-        .send(stream);
+        .header('accept-ranges', 'bytes')
+        .header('content-disposition', `attachment; filename="${fileName}"`);
+      if (wanted.kind === 'partial') {
+        const { start, end } = wanted.range;
+        return reply
+          .code(206)
+          .header('content-range', `bytes ${start}-${end}/${size}`)
+          .header('content-length', String(end - start + 1))
+          .send(await store.openRead(artifact.storageKey, wanted.range));
+      }
+      return reply.header('content-length', String(size)).send(await store.openRead(artifact.storageKey));
     },
   );
 
