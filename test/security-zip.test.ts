@@ -127,6 +127,9 @@ describe('rejections', () => {
     ['symlink', () => buildZip([png('cat/a.png'), { name: 'cat/link.png', data: Buffer.from('/etc/passwd'), unixMode: 0o120777 }]), 'zip_symlink', /"cat\/link\.png" is a symbolic link/],
     ['named pipe', () => buildZip([{ name: 'cat/fifo.png', unixMode: 0o010644 }]), 'zip_special_file', /"cat\/fifo\.png" is a special file/],
     ['NUL byte in a name', () => buildZip([png(Buffer.from('cat/a.png\0.txt', 'latin1'))]), 'zip_bad_name', /NUL byte/],
+    // No UTF-8 flag: CP437, which yauzl decodes to "cat/a♪b.png" (issue 12 item 7).
+    ['control character in a CP437 name', () => buildZip([png(Buffer.from('cat/a\x0eb.png', 'latin1'))]), 'zip_bad_name', /control character/],
+    ['DEL in a CP437 name', () => buildZip([png(Buffer.from('cat/\x7f.png', 'latin1'))]), 'zip_bad_name', /control character/],
     ['Unicode path field that differs from the header name', () => buildZip([png('cat/a.png', { extra: unicodePathExtra('cat/a.png', '../../a.png') })]), 'zip_bad_name', /different Unicode path "\.\.\/\.\.\/a\.png"/],
     ['duplicate entry', () => buildZip([png('cat/a.png'), png('cat/a.png')]), 'zip_duplicate_entry', /"cat\/a\.png" appears twice/],
     ['too many entries', () => buildZip([png('c/1.png'), png('c/2.png'), png('c/3.png'), png('c/4.png')]), 'zip_too_many_entries', /4 entries, over the limit of 3/, small],

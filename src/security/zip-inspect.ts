@@ -63,6 +63,11 @@ function checkName(entry: Entry, limits: ZipLimits): ZipEntryInfo {
     throw new InputRejected('zip_bad_name', `an entry name is ${raw.length} bytes long (limit ${limits.maxNameBytes}): ${quote(raw.toString('latin1'))}`);
   }
   if (raw.includes(0)) throw new InputRejected('zip_bad_name', `entry ${quote(raw.toString('latin1'))} has a NUL byte in its name`);
+  // Without the UTF-8 flag a name is CP437, where yauzl shows the bytes 0x01-0x1f as symbols (☺, ♪, …) while
+  // other extractors, the engine's zipfile among them, read control characters: the bytes themselves are checked.
+  if (raw.some((byte) => byte < 0x20 || byte === 0x7f)) {
+    throw new InputRejected('zip_bad_name', `entry ${quote(raw.toString('latin1'))} has a control character in its name; rename the file`);
+  }
   // Extractors disagree on which name they use (the header's bytes or the Info-ZIP Unicode path field);
   // a name that differs between the two can pass one check and be written under the other.
   const headerName = yauzl.getFileNameLowLevel(entry.generalPurposeBitFlag, raw, [], false);
