@@ -58,6 +58,8 @@ const configSchema = z.object({
   ADMIN_KEY: z.string().min(16, 'must be at least 16 characters').optional(),
   RATE_LIMIT_PER_MINUTE: intFromEnv(600, 1),
   ORT_THREADS: intFromEnv(1, 1),
+  // Upload shape inference: largest initializer, input or activation (at batch 1) a model may have.
+  ONNX_MAX_TENSOR_ELEMENTS: intFromEnv(200_000_000, 1),
   ENGINE_THREADS: intFromEnv(2, 1),
   // Tenant isolation (issue 12): see docs/security.md for what each limit protects.
   RATE_LIMIT_UNAUTHENTICATED_PER_MINUTE: intFromEnv(120, 1),
@@ -105,6 +107,8 @@ export interface Config {
   adminKey: string | undefined;
   rateLimitPerMinute: number;
   ortThreads: number;
+  /** elements of the largest tensor (initializer, input, activation at batch 1) an uploaded model may have */
+  onnxMaxTensorElements: number;
   engineThreads: number;
   /** per client address, for requests without an API key this process has recently verified */
   rateLimitUnauthenticatedPerMinute: number;
@@ -203,6 +207,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     adminKey: e.ADMIN_KEY,
     rateLimitPerMinute: e.RATE_LIMIT_PER_MINUTE,
     ortThreads: e.ORT_THREADS,
+    onnxMaxTensorElements: e.ONNX_MAX_TENSOR_ELEMENTS,
     engineThreads: e.ENGINE_THREADS,
     rateLimitUnauthenticatedPerMinute: e.RATE_LIMIT_UNAUTHENTICATED_PER_MINUTE,
     authCacheTtlMs: e.AUTH_CACHE_TTL_MS,

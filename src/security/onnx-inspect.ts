@@ -5,6 +5,7 @@
 import { stat } from 'node:fs/promises';
 import { fedInputs, OnnxFormatError, readModelFile, type OnnxModel, type OnnxNode, type ReadLimits, type TensorHeader, type TensorInfo, type ValueInfo } from '../onnx/index.js';
 import { ELEMENT_TYPES } from '../onnx/dtypes.js';
+import { inferShapes, ShapeError } from '../onnx/shapes.js';
 import { InputRejected, quote } from './rejection.js';
 /**
  * Ops the engine's interpreter can run (engine/tuckerize/interpret.py: its `OPS` table plus Constant, which
@@ -32,14 +33,27 @@ export const MAX_OPSET = 21;
 export interface OnnxLimits extends ReadLimits {
   /** Largest dimension a graph input/output or initializer may declare. */
   maxDim: number;
-  /** Largest element count of one initializer. */
-  maxInitializerElements: number;
+  /**
+   * Largest element count of one tensor: an initializer, a graph input, or an activation as the upload
+   * shape inference computes it at batch 1 (ONNX_MAX_TENSOR_ELEMENTS).
+   */
+  maxTensorElements: number;
+  /** Bounds on the window attributes of Conv, ConvTranspose and the pools. */
+  maxStride: number;
+  maxDilation: number;
+  maxPad: number;
 }
 
 export const DEFAULT_ONNX_LIMITS: OnnxLimits = {
   maxDim: 1_000_000,
-  // VGG-16's fc6 holds 102.8 M weights; twice that leaves room without admitting absurd tensors.
-  maxInitializerElements: 200_000_000,
+  // VGG-16's fc6 holds 102.8 M weights; twice that leaves room without admitting absurd tensors. Its
+  // largest activation at 224×224 is 3.2 M elements.
+  maxTensorElements: 200_000_000,
+  // Exported vision nets use strides up to 32 (patch embeddings), dilations up to 36 (ASPP) and pads
+  // about half a kernel; these bounds are far above that and far below what exhausts a worker.
+  maxStride: 1024,
+  maxDilation: 1024,
+  maxPad: 4096,
   maxNodes: 100_000,
   maxInitializers: 100_000,
   maxNameBytes: 4096,
@@ -99,10 +113,10 @@ function checkTensor(t: TensorHeader, limits: OnnxLimits, context: string): numb
     }
     elements *= d;
   }
-  if (elements > limits.maxInitializerElements) {
+  if (elements > limits.maxTensorElements) {
     throw new InputRejected(
       'onnx_absurd_shape',
-      `${context} declares dims [${t.dims.join(', ')}] = ${elements} elements, over the limit of ${limits.maxInitializerElements} elements per tensor`,
+      `${context} declares dims [${t.dims.join(', ')}] = ${elements} elements, over the limit of ${limits.maxTensorElements} elements per tensor`,
     );
   }
   if (t.storedFields.length > 1) {
@@ -184,6 +198,8 @@ function checkModel(model: OnnxModel, limits: OnnxLimits): OnnxSummary {
   if (inputs.length === 0) throw new InputRejected('onnx_io', 'the graph declares no input besides its weights; a model needs at least one input tensor');
   if (model.outputs.length === 0) throw new InputRejected('onnx_io', 'the graph declares no output');
 
+  checkShapes(model, defaultOpset.version, inputs, limits);
+
   const opCounts: Record<string, number> = {};
   for (const n of model.nodes) opCounts[n.opType] = (opCounts[n.opType] ?? 0) + 1;
   return {
@@ -201,6 +217,59 @@ function checkModel(model: OnnxModel, limits: OnnxLimits): OnnxSummary {
     params: initializers.reduce((sum, i) => sum + i.elements, 0),
     model,
   };
+}
+
+const WINDOW_OPS = new Set(['Conv', 'ConvTranspose', 'MaxPool', 'AveragePool']);
+
+/** Window attributes within bounds: what exporters write is small; what is not exhausts memory or time. */
+function checkWindowAttributes(node: OnnxNode, limits: OnnxLimits): void {
+  const bounds: [string, number, number][] = [
+    ['strides', 1, limits.maxStride], ['dilations', 1, limits.maxDilation], ['pads', 0, limits.maxPad],
+    ['output_padding', 0, limits.maxStride],
+  ];
+  for (const [name, min, max] of bounds) {
+    const values = node.attributes.get(name)?.ints;
+    if (values?.some((v) => v < min || v > max)) {
+      throw new InputRejected(
+        'onnx_absurd_attribute',
+        `${describeNode(node)} has ${name} [${values.join(', ')}]: each must be between ${min} and ${max}; re-export the model with the layer's real settings`,
+      );
+    }
+  }
+}
+
+/**
+ * Upload-time shape inference: the declared input shapes (a symbolic batch taken as 1) propagated through
+ * the graph; every input and activation must stay within maxTensorElements, and every op must fit its
+ * input. Inputs with other symbolic dimensions cannot be followed; the job's inputShape is checked when
+ * a job is created.
+ */
+function checkShapes(model: OnnxModel, opset: number, inputs: TensorInfo[], limits: OnnxLimits): void {
+  for (const node of model.nodes) if (WINDOW_OPS.has(node.opType)) checkWindowAttributes(node, limits);
+  const inputShapes = new Map<string, number[]>();
+  for (const input of inputs) {
+    const dims = input.dims.map((d, i) => (typeof d === 'number' ? d : i === 0 ? 1 : null));
+    if (dims.every((d): d is number => d !== null)) inputShapes.set(input.name, dims);
+  }
+  const overLimit = (dims: number[]): number | null => {
+    const elements = dims.reduce((a, b) => a * b, 1);
+    return elements > limits.maxTensorElements ? elements : null;
+  };
+  try {
+    inferShapes(model, opset, inputShapes, (name, { dims }, producer) => {
+      const elements = overLimit(dims);
+      if (elements === null) return;
+      const what = producer === null ? `graph input ${quote(name)} declares` : `${describeNode(producer)} produces ${quote(name)} of`;
+      throw new InputRejected(
+        'onnx_absurd_shape',
+        `${what} dims [${dims.join(', ')}] = ${elements} elements at batch 1, over the limit of ${limits.maxTensorElements} elements per tensor; `
+          + 'a model this large would exhaust a worker\'s memory: check the input size and the layer settings',
+      );
+    });
+  } catch (err) {
+    if (!(err instanceof ShapeError)) throw err;
+    throw new InputRejected('onnx_invalid_shape', `${describeNode(err.node)} cannot run at the declared input shapes: ${err.detail}`);
+  }
 }
 
 const NODES_NAMED_PER_OP = 3;

@@ -17,6 +17,8 @@ export type RejectionCode =
   | 'onnx_unsupported_op'
   | 'onnx_io'
   | 'onnx_too_large'
+  | 'onnx_absurd_attribute'
+  | 'onnx_invalid_shape'
   // ZIP datasets (and the zip container of an NPZ)
   | 'zip_invalid'
   | 'zip_path_traversal'

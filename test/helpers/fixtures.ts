@@ -56,10 +56,11 @@ hm = helper.make_model(hg, opset_imports=[helper.make_opsetid('', 13)])
 hm.ir_version = 7
 onnx.save(hm, out + '/absurd-shape.onnx')
 
-# Structurally fine, but MatMul [1,4] x [5,2] cannot type-check: onnxruntime refuses it at load time.
+# Structurally fine and shapes agree, but MatMul of float32 by int64 cannot type-check: onnxruntime
+# refuses it at load time (the upload shape inference follows shapes, not element types).
 mx = helper.make_tensor_value_info('input', TensorProto.FLOAT, [1, 4])
 my = helper.make_tensor_value_info('output', TensorProto.FLOAT, [1, 2])
-mw = numpy_helper.from_array(np.ones((5, 2), np.float32), 'w')
+mw = numpy_helper.from_array(np.ones((4, 2), np.int64), 'w')
 mg = helper.make_graph([helper.make_node('MatMul', ['input', 'w'], ['output'], name='mm')], 'bad', [mx], [my], [mw])
 mm = helper.make_model(mg, opset_imports=[helper.make_opsetid('', 13)])
 mm.ir_version = 7

@@ -56,7 +56,7 @@ export const modelRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (ap
       let modelFile: string;
       try {
         modelFile = await store.localPath(upload.stored.key);
-        inspection = await inspectModelUpload(modelFile, name, config.ortThreads);
+        inspection = await inspectModelUpload(modelFile, name, config);
       } catch (err) {
         await removeIfUnreferenced(prisma, store, upload.stored.key);
         throw err;
