@@ -32,12 +32,18 @@ describe('authentication', () => {
   });
 
   test('a revoked key is refused, the tenant keeps its other keys', async () => {
-    const { createTestKey } = await import('./helpers/env.js');
-    const extra = await createTestKey(t.env.prisma, 'acme');
-    assert.equal((await t.http().get('/v1/jobs').set({ authorization: `Bearer ${extra}` })).status, 200);
-    await t.env.prisma.apiKey.update({ where: { prefix: extra.split('_')[1] }, data: { revokedAt: new Date() } });
-    assertProblem(await t.http().get('/v1/jobs').set({ authorization: `Bearer ${extra}` }), 401, /revoked/);
-    assert.equal((await t.http().get('/v1/jobs').set(t.authA)).status, 200);
+    // AUTH_CACHE_TTL_MS=0: every request reads the key (test/tenant-isolation.test.ts covers the cache).
+    const uncached = await startTestApp({ AUTH_CACHE_TTL_MS: '0' });
+    try {
+      const { createTestKey } = await import('./helpers/env.js');
+      const extra = await createTestKey(uncached.env.prisma, 'acme');
+      assert.equal((await uncached.http().get('/v1/jobs').set({ authorization: `Bearer ${extra}` })).status, 200);
+      await uncached.env.prisma.apiKey.update({ where: { prefix: extra.split('_')[1] }, data: { revokedAt: new Date() } });
+      assertProblem(await uncached.http().get('/v1/jobs').set({ authorization: `Bearer ${extra}` }), 401, /revoked/);
+      assert.equal((await uncached.http().get('/v1/jobs').set(uncached.authA)).status, 200);
+    } finally {
+      await uncached.close();
+    }
   });
 
   test('keys are stored only as sha256 hashes', async () => {
@@ -73,6 +79,7 @@ describe('ops routes', () => {
       const body = res.json() as { detail: string };
       assert.match(body.detail, /redis is down/);
       assert.doesNotMatch(body.detail, /postgres is down/);
+      assert.doesNotMatch(body.detail, /127\.0\.0\.1|ECONNREFUSED|connect|:1\b/, 'no driver error text (host, port) for an unauthenticated caller');
     } finally {
       await app.close();
       deadRedis.disconnect();
@@ -86,6 +93,7 @@ describe('ops routes', () => {
       const res = await app.inject({ method: 'GET', url: '/readyz' });
       assert.equal(res.statusCode, 503);
       assert.match((res.json() as { detail: string }).detail, /postgres is down/);
+      assert.doesNotMatch((res.json() as { detail: string }).detail, /127\.0\.0\.1|ECONNREFUSED|connect|:1\b/);
       const api = await app.inject({ method: 'GET', url: '/v1/jobs', headers: t.authA });
       assert.equal(api.statusCode, 503);
       assert.match((api.json() as { detail: string }).detail, /database is unavailable/);

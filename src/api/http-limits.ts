@@ -107,12 +107,17 @@ type Limiter = (request: FastifyRequest) => Promise<{
   isAllowed: boolean;
   isExceeded?: boolean;
   max?: number;
+  remaining?: number;
   ttlInSeconds?: number;
 }>;
 
 async function enforce(limiter: Limiter, request: FastifyRequest, reply: FastifyReply, what: string): Promise<void> {
   const result = await limiter(request);
-  if (result.isAllowed || !result.isExceeded) return;
+  if (result.isAllowed) return;
+  reply.header('x-ratelimit-limit', String(result.max));
+  reply.header('x-ratelimit-remaining', String(result.remaining ?? 0));
+  reply.header('x-ratelimit-reset', String(result.ttlInSeconds ?? 0));
+  if (!result.isExceeded) return;
   const after = Math.max(1, result.ttlInSeconds ?? 60);
   reply.header('retry-after', String(after));
   throw new ApiError(429, 'too-many-requests', 'Too many requests', `rate limit of ${result.max} requests per minute exceeded ${what}; retry in ${after} s`);
