@@ -22,7 +22,7 @@ from .atomic import atomic_write_bytes, atomic_write_json
 from .errors import EngineInputError, input_errors
 from .exits import EXIT_OK, EXIT_TERMINATED
 from .latency_table import read_latency_table
-from .options import OPTION_KEYS, plan_kwargs
+from .options import plan_kwargs, validate_options
 
 STAGES = ("analyze", "plan", "rewrite", "finetune", "evaluate", "write")
 # Bumped when the rewrite of the same input and options would produce a different model.
@@ -45,10 +45,6 @@ def json_lines_emitter(stream=None) -> Emit:
 
 def _job_error(message: str, field: Optional[str] = None) -> EngineInputError:
     return EngineInputError(message, code="invalid_job", field=field)
-
-
-def _option_error(message: str, field: str) -> EngineInputError:
-    return EngineInputError(message, code="invalid_option", field=field)
 
 
 def _require(job: dict, key: str, kind, what: str):
@@ -99,31 +95,8 @@ def read_job(path: str) -> dict:
     options = job.get("options", {}) or {}
     if not isinstance(options, dict):
         raise _job_error("job.json: 'options' must be an object", "options")
-    unknown = sorted(set(options) - OPTION_KEYS)
-    if unknown:
-        raise _option_error(f"job.json: unknown option(s) {unknown}; known: {sorted(OPTION_KEYS)}", unknown[0])
-    shape = options.get("inputShape")
-    if shape is not None and not (isinstance(shape, list) and shape and
-                                  all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
-        raise _option_error(f"job.json: options.inputShape must be a list of positive integers, got "
-                            f"{json.dumps(shape)}", "inputShape")
-    for key in ("ratio", "strength", "targetMacs", "targetParams", "targetLatency"):
-        value = options.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise _option_error(f"job.json: options.{key} must be a number, got {json.dumps(value)}", key)
-    round_to = options.get("roundTo")
-    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)):
-        raise _option_error(f"job.json: options.roundTo must be an integer, got {json.dumps(round_to)}", "roundTo")
-    if not isinstance(options.get("force", False), bool):
-        raise _option_error("job.json: options.force must be true or false", "force")
-    table = options.get("latencyTable")
-    if table is not None and not (isinstance(table, str) and os.path.isabs(table)):
-        raise _option_error(
-            f"job.json: options.latencyTable must be the absolute path of the worker's latency-table.json, got "
-            f"{json.dumps(table)[:80]}", "latencyTable")
-    finetune = options.get("finetune")
-    if finetune is not None and not isinstance(finetune, dict):
-        raise _option_error("job.json: options.finetune must be an object (or absent for no fine-tuning)", "finetune")
+    # The same checks the API made at POST /v1/jobs (schema/job_options.json, from src/contract/).
+    validate_options(options)
     job["threads"], job["seed"], job["options"] = threads, seed, options
     return job
 

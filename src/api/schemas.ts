@@ -3,6 +3,7 @@
 // open (clients must accept fields added later), which the OpenAPI document states by leaving
 // additionalProperties out.
 import { z } from 'zod';
+import { JobOptionsSchema } from '../contract/job-options.js';
 
 export const BUILTIN_DATASETS = ['builtin:fashion-mnist'] as const;
 
@@ -97,84 +98,8 @@ export const DatasetPageSchema = z
   .looseObject({ items: z.array(DatasetSchema), nextCursor: z.uuid().nullable().describe(NEXT_CURSOR) })
   .meta({ id: 'DatasetPage' });
 
-const unit = (name: string) =>
-  z.number({ error: `${name} must be a number` }).gt(0, `${name} must be > 0`).lte(1, `${name} must be ≤ 1`);
-const openUnit = (name: string) =>
-  z.number({ error: `${name} must be a number` }).gt(0, `${name} must be > 0`).lt(1, `${name} must be < 1`);
-
-export const FinetuneOptionsSchema = z
-  .object({
-    epochs: z.number().int('finetune.epochs must be a whole number').gt(0, 'finetune.epochs must be > 0').max(1000).optional(),
-    steps: z.number().int().gt(0, 'finetune.steps must be a positive integer').max(10_000_000).optional(),
-    lr: z.number().gt(0, 'finetune.lr must be > 0').max(10).optional(),
-    optimizer: z.enum(['sgd', 'adamw']).optional().describe('default sgd (momentum 0.9); adamw'),
-    weightDecay: z.number().min(0).max(1).optional(),
-    warmupSteps: z.number().int().min(0).optional(),
-    distill: z.boolean().optional().describe('distil from the original model (default true; works without labels)'),
-    temperature: z.number().gt(0, 'finetune.temperature must be > 0').max(100).optional(),
-    alpha: z.number().min(0).max(1).optional().describe('weight of the distillation loss against cross-entropy'),
-    labels: z.boolean().optional().describe('use the dataset labels for cross-entropy when present (default true)'),
-    batchSize: z.number().int().min(2, 'finetune.batchSize must be ≥ 2').max(4096).optional(),
-    maxSamples: z.number().int().min(1).optional(),
-    evalSamples: z.number().int().min(1).optional(),
-    checkpointEvery: z.number().int().min(1).optional(),
-    clipGradNorm: z.number().min(0).optional(),
-  })
-  .strict()
-  .meta({ id: 'FinetuneOptions', description: 'present = fine-tune the compressed model; absent = no fine-tuning' });
-
-const RULE_FIELDS = {
-  ratio: ['ratio'],
-  budget: ['targetMacs', 'targetParams'],
-  latency: ['targetLatency'],
-} as const;
-
-export const JobOptionsSchema = z
-  .object({
-    rule: z.enum(['vbmf', 'ratio', 'budget', 'latency']).default('vbmf').describe('rank selection rule'),
-    ratio: unit('ratio').optional().describe('rule=ratio: kept fraction of each rank, (0, 1]'),
-    strength: unit('strength').optional().describe('weakened VBMF strength, (0, 1]'),
-    targetMacs: openUnit('targetMacs').optional().describe('rule=budget: target MACs as a fraction of the original'),
-    targetParams: openUnit('targetParams').optional().describe('rule=budget: target weights as a fraction'),
-    targetLatency: openUnit('targetLatency').optional().describe('rule=latency: target latency as a fraction'),
-    roundTo: z.number().int().min(1).max(256).optional().describe('round ranks to a multiple of this'),
-    force: z.boolean().optional().describe('decompose layers even when it does not pay off'),
-    inputShape: z
-      .tuple([
-        z.number().int().min(1).max(1024),
-        z.number().int().min(1).max(4096),
-        z.number().int().min(1).max(8192),
-        z.number().int().min(1).max(8192),
-      ])
-      .optional()
-      .describe('[N, C, H, W] used for shapes and MACs when the model input has symbolic dims'),
-    finetune: FinetuneOptionsSchema.optional(),
-  })
-  .strict()
-  .superRefine((options, ctx) => {
-    if (options.rule === 'ratio' && options.ratio === undefined) {
-      ctx.addIssue({ code: 'custom', path: ['ratio'], message: 'rule=ratio needs ratio in (0, 1]' });
-    }
-    if (options.rule === 'budget' && options.targetMacs === undefined && options.targetParams === undefined) {
-      ctx.addIssue({ code: 'custom', path: ['targetMacs'], message: 'rule=budget needs targetMacs or targetParams in (0, 1)' });
-    }
-    if (options.rule === 'latency' && options.targetLatency === undefined) {
-      ctx.addIssue({ code: 'custom', path: ['targetLatency'], message: 'rule=latency needs targetLatency in (0, 1)' });
-    }
-    if (options.rule === 'ratio' && options.strength !== undefined) {
-      ctx.addIssue({ code: 'custom', path: ['strength'], message: 'strength weakens EVBMF ranks and does not apply to rule=ratio; remove strength or pick another rule' });
-    }
-    for (const [rule, fields] of Object.entries(RULE_FIELDS)) {
-      for (const field of fields) {
-        if (options.rule !== rule && options[field] !== undefined) {
-          ctx.addIssue({ code: 'custom', path: [field], message: `${field} applies only to rule=${rule}; set rule=${rule} or remove ${field}` });
-        }
-      }
-    }
-  })
-  .meta({ id: 'JobOptions' });
-
-export type JobOptions = z.output<typeof JobOptionsSchema>;
+// Job options are part of the contract with the engine (src/contract/job-options.ts, exported to its JSON Schema).
+export { FinetuneOptionsSchema, JobOptionsSchema, type JobOptions } from '../contract/job-options.js';
 
 export const CreateJobBodySchema = z
   .object({
