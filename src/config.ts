@@ -61,6 +61,8 @@ const configSchema = z.object({
   // Upload shape inference: largest initializer, input or activation (at batch 1) a model may have.
   ONNX_MAX_TENSOR_ELEMENTS: intFromEnv(200_000_000, 1),
   ENGINE_THREADS: intFromEnv(2, 1),
+  // Address-space limit (RLIMIT_AS) of every engine process; 0 turns it off. See docs/worker.md.
+  ENGINE_MEMORY_LIMIT_MB: intFromEnv(12_288, 0),
   // Tenant isolation (issue 12): see docs/security.md for what each limit protects.
   RATE_LIMIT_UNAUTHENTICATED_PER_MINUTE: intFromEnv(120, 1),
   AUTH_CACHE_TTL_MS: intFromEnv(10_000, 0),
@@ -110,6 +112,8 @@ export interface Config {
   /** elements of the largest tensor (initializer, input, activation at batch 1) an uploaded model may have */
   onnxMaxTensorElements: number;
   engineThreads: number;
+  /** RLIMIT_AS of each engine process in MiB (prlimit --as); null: no limit */
+  engineMemoryLimitMb: number | null;
   /** per client address, for requests without an API key this process has recently verified */
   rateLimitUnauthenticatedPerMinute: number;
   /** how long a verified API key is trusted without a database read (a revocation takes effect within it) */
@@ -209,6 +213,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     ortThreads: e.ORT_THREADS,
     onnxMaxTensorElements: e.ONNX_MAX_TENSOR_ELEMENTS,
     engineThreads: e.ENGINE_THREADS,
+    engineMemoryLimitMb: e.ENGINE_MEMORY_LIMIT_MB === 0 ? null : e.ENGINE_MEMORY_LIMIT_MB,
     rateLimitUnauthenticatedPerMinute: e.RATE_LIMIT_UNAUTHENTICATED_PER_MINUTE,
     authCacheTtlMs: e.AUTH_CACHE_TTL_MS,
     httpHeadersTimeoutMs: e.HTTP_HEADERS_TIMEOUT_MS,

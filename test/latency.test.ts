@@ -9,12 +9,12 @@ import { join, resolve } from 'node:path';
 import { after, before, test } from 'node:test';
 import { BadInputError } from '../src/worker/engine.js';
 import {
-  LATENCY_MIN_SPEEDUP, latencyJobOptions, planForLatency, reachableMacsTarget, readCandidates, runEngineCommand, timeCandidates,
+  LATENCY_MIN_SPEEDUP, latencyJobOptions, planForLatency, reachableMacsTarget, readCandidates, tuckerize, timeCandidates,
 } from '../src/worker/latency.js';
 
 const PYTHON = process.env.ENGINE_PYTHON ?? '/usr/bin/python3';
 const ENGINE_DIR = resolve('engine');
-const engine = { python: PYTHON, engineDir: ENGINE_DIR };
+const engine = { engine: { python: PYTHON, pythonPath: [ENGINE_DIR], threads: 1, memoryLimitMb: null } };
 let dir = '';
 let model = '';
 
@@ -50,7 +50,7 @@ after(async () => {
 
 test('candidates are timed in onnxruntime and the engine keeps exactly the layers measured as slow', async () => {
   const cand = join(dir, 'cand');
-  await runEngineCommand(['candidates', model, '-o', cand, '--rule', 'vbmf'], engine);
+  await tuckerize(['candidates', model, '-o', cand, '--rule', 'vbmf'], engine);
   const manifest = await readCandidates(cand);
   assert.deepEqual(manifest.layers.map((l) => [l.name, l.kind, l.inputShape]), [
     ['conv_big', 'tucker2', [1, 64, 32, 32]],
@@ -71,7 +71,7 @@ test('candidates are timed in onnxruntime and the engine keeps exactly the layer
   assert.deepEqual(onDisk, JSON.parse(JSON.stringify(table)));
   assert.deepEqual((await readdir(cand)).filter((f) => f.endsWith('.tmp')), []);
 
-  const plan = JSON.parse(await runEngineCommand([
+  const plan = JSON.parse(await tuckerize([
     'analyze', model, '--json', '--rule', 'latency', '--latency-table', join(cand, 'latency-table.json'),
   ], engine)) as { layers: Array<{ name: string; kind: string; reason: string | null }>; totals: { latency: { keptSlow: string[]; basis: string } } };
   const slow = Object.entries(table.layers).filter(([, t]) => t.speedup < LATENCY_MIN_SPEEDUP).map(([name]) => name);
@@ -125,7 +125,7 @@ test('targetLatency: rounds of candidates, timing and prediction give the job it
 
 test('engine refusals become BadInputError; a directory without candidates is named', async () => {
   await assert.rejects(
-    runEngineCommand(['candidates', model, '-o', join(dir, 'x'), '--rule', 'latency'], engine),
+    tuckerize(['candidates', model, '-o', join(dir, 'x'), '--rule', 'latency'], engine),
     (err: unknown) => err instanceof BadInputError && /worker must time candidates first/.test(err.message) && !err.message.includes('\n'),
   );
   await assert.rejects(timeCandidates(join(dir, 'nowhere'), { threads: 1, runs: 20, warmup: 0 }), /candidates\.json/);
@@ -140,7 +140,7 @@ test('engine refusals become BadInputError; a directory without candidates is na
 
 test('a MACs target the rank steps cannot hit moves to the nearest reachable one (the engine names it)', async () => {
   // At 0.3 the budget's rank steps jump over the ±2 % band (deterministic: EVBMF of seeded weights).
-  const refusal = await runEngineCommand(['candidates', model, '-o', join(dir, 'c03'), '--rule', 'budget', '--target-macs', '0.3'], engine)
+  const refusal = await tuckerize(['candidates', model, '-o', join(dir, 'c03'), '--rule', 'budget', '--target-macs', '0.3'], engine)
     .then(() => null, (err: unknown) => err);
   assert.ok(refusal instanceof BadInputError && /cannot be hit within 2%/.test(refusal.message), String(refusal));
   const nearest = reachableMacsTarget(refusal.message, 0.3)!;
@@ -152,7 +152,7 @@ test('a MACs target the rank steps cannot hit moves to the nearest reachable one
   assert.equal(result.targetMacs, nearest);
   assert.ok(Math.abs(result.rounds[0]!.macsRatio! - nearest) <= 0.02 * nearest);
 
-  const outOfRange = await runEngineCommand(['analyze', model, '--rule', 'budget', '--target-macs', '0.001'], engine)
+  const outOfRange = await tuckerize(['analyze', model, '--rule', 'budget', '--target-macs', '0.001'], engine)
     .then(() => null, (err: unknown) => err);
   assert.ok(outOfRange instanceof BadInputError && /reachable range/.test(outOfRange.message), String(outOfRange));
   const [lo, hi] = /\[([\d.]+), ([\d.]+)\]/.exec(outOfRange.message)!.slice(1).map(Number) as [number, number];

@@ -8,13 +8,13 @@
 // planForLatency() iterates: candidates at a MACs target → timing → the engine's predicted latency ratio
 // (`analyze --rule latency --json`) → targetMacs scaled by targetLatency / predicted → again, at most
 // maxRounds times; the round whose prediction lies closest to the target gives the job its options.
-import { spawn } from 'node:child_process';
 import { createHash, randomUUID } from 'node:crypto';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { z } from 'zod';
-import { BadInputError, EngineCrashError, lastLine } from './engine.js';
+import type { EngineJobOptions, JobOptions } from '../contract/job-options.js';
+import { BadInputError, EngineCrashError, runEngineCommand, type EngineSettings } from './engine.js';
 import {
   fillNormal, latencyStats, MIN_TIMED_RUNS, ratioOf, seededUniform, sessionOptions, type GraphOptimizationLevel, type LatencyStats,
 } from './verify.js';
@@ -229,40 +229,17 @@ export async function timeCandidates(dir: string, options: TimeCandidatesOptions
 // ---------------------------------------------------------------- the engine's side of the loop
 
 export interface EngineCommandOptions {
-  python: string;
-  engineDir: string;
-  env?: NodeJS.ProcessEnv;
-  /** aborts the command (cancel, timeout): the engine gets SIGTERM */
+  engine: EngineSettings;
+  /** aborts the command (cancel, timeout): the engine's process group gets SIGTERM */
   signal?: AbortSignal;
 }
 
 /**
- * Runs `python -m tuckerize ARGS…` and returns its stdout. Exit 2 (bad input) becomes BadInputError with the
- * engine's one-line message, anything else EngineCrashError, the same split as the `run` job.
+ * `python -m tuckerize ARGS…` through the worker's engine runner; its stdout. Exit 2 (bad input) becomes
+ * BadInputError with the engine's error detail, anything else EngineCrashError, the same split as the job.
  */
-export function runEngineCommand(args: string[], opts: EngineCommandOptions): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(opts.python, ['-m', 'tuckerize', ...args], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...opts.env, PYTHONPATH: opts.engineDir },
-      ...(opts.signal ? { signal: opts.signal, killSignal: 'SIGTERM' as const } : {}),
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk; });
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr = (stderr + chunk).slice(-16_384); });
-    child.once('error', (err) => reject(
-      (err as NodeJS.ErrnoException).code === 'ABORT_ERR' ? err : new EngineCrashError(`could not run the engine (${opts.python}): ${err.message}`),
-    ));
-    child.once('close', (code, signal) => {
-      if (code === 0) resolve(stdout);
-      else if (code === 2) reject(new BadInputError(lastLine(stderr) || `tuckerize ${args[0]} refused its input (exit 2)`));
-      else if (!opts.signal?.aborted) {
-        const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
-        reject(new EngineCrashError(`tuckerize ${args[0]} ${how}: ${lastLine(stderr)}`));
-      }
-    });
-  });
+export function tuckerize(args: string[], opts: EngineCommandOptions): Promise<string> {
+  return runEngineCommand(opts.engine, { args, ...(opts.signal ? { signal: opts.signal } : {}) });
 }
 
 export interface LatencyPlanOptions extends EngineCommandOptions {
@@ -334,13 +311,13 @@ async function runRound(opts: LatencyPlanOptions, round: number, targetMacs: num
   const dir = path.join(opts.workDir, `round-${round}`);
   await mkdir(dir, { recursive: true });
   const macs = String(targetMacs);
-  await runEngineCommand(['candidates', opts.modelPath, '-o', dir, '--rule', 'budget', '--target-macs', macs, ...ruleArgs(opts)], opts);
+  await tuckerize(['candidates', opts.modelPath, '-o', dir, '--rule', 'budget', '--target-macs', macs, ...ruleArgs(opts)], opts);
   const table = await timeCandidates(dir, {
     threads: opts.threads, runs: opts.runs, warmup: opts.warmup, seed: opts.seed ?? 0, modelPath: opts.modelPath,
     ...(opts.signal ? { signal: opts.signal } : {}),
   });
   const latencyTable = path.join(dir, LATENCY_TABLE_FILE);
-  const stdout = await runEngineCommand([
+  const stdout = await tuckerize([
     'analyze', opts.modelPath, '--json', '--rule', 'latency', '--latency-table', latencyTable, '--target-macs', macs,
     '--target-latency', String(opts.targetLatency), ...ruleArgs(opts),
   ], opts);
@@ -449,6 +426,6 @@ export async function planForLatency(opts: LatencyPlanOptions): Promise<LatencyP
 }
 
 /** The job.json options the engine's `run` needs for rule latency after planForLatency. */
-export function latencyJobOptions(options: Record<string, unknown>, result: LatencyPlanResult): Record<string, unknown> {
+export function latencyJobOptions(options: JobOptions, result: LatencyPlanResult): EngineJobOptions {
   return { ...options, rule: 'latency', targetMacs: result.targetMacs, latencyTable: result.latencyTable };
 }
