@@ -9,8 +9,6 @@ import swaggerUi from '@fastify/swagger-ui';
 import type { Queue } from 'bullmq';
 import Fastify, { type FastifyInstance } from 'fastify';
 import {
-  jsonSchemaTransform,
-  jsonSchemaTransformObject,
   serializerCompiler,
   validatorCompiler,
   type ZodTypeProvider,
@@ -28,6 +26,7 @@ import type { AppContext } from './context.js';
 import { registerErrorHandlers } from './errors.js';
 import { addRateLimits, clientErrorHandler, frameworkErrors, redactUrl } from './http-limits.js';
 import { JobEventHub } from './job-events.js';
+import { documentHeader, documentObject, documentRoute } from './openapi.js';
 import { ModelAnalyzer } from './model-analysis.js';
 import { datasetRoutes } from './routes/datasets.js';
 import { jobRoutes } from './routes/jobs.js';
@@ -52,22 +51,6 @@ export interface AppDeps {
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
-
-/**
- * Upload routes read their multipart body as a stream (request.file()), so they declare no body schema to
- * validate; for the OpenAPI document they get one: a form with the binary field `file`.
- */
-const documentMultipart: typeof jsonSchemaTransform = (input) => {
-  const out = jsonSchemaTransform(input);
-  const consumes = (input.schema as { consumes?: string[] } | undefined)?.consumes;
-  if (!consumes?.includes('multipart/form-data')) return out;
-  const body = {
-    type: 'object',
-    required: ['file'],
-    properties: { file: { type: 'string', format: 'binary', description: 'the file to upload' } },
-  };
-  return { ...out, schema: { ...out.schema, body } };
-};
 
 export async function buildApp(config: Config, deps: AppDeps = {}): Promise<FastifyInstance> {
   const app = Fastify({
@@ -214,28 +197,9 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     },
   });
   await app.register(swagger, {
-    openapi: {
-      openapi: '3.0.3',
-      info: {
-        title: 'tuckerize API',
-        version: API_VERSION,
-        description:
-          'Compression as a service for CNNs (Kim et al., ICLR 2016): upload an ONNX model, create a compression job ' +
-          '(EVBMF ranks, Tucker-2 / SVD rewrites, optional fine-tuning), follow it, download the compressed model and its report. ' +
-          'Errors are RFC 9457 problem+json.',
-      },
-      components: {
-        securitySchemes: { bearerAuth: { type: 'http', scheme: 'bearer', description: 'tk_<prefix>_<secret> API key' } },
-      },
-      tags: [
-        { name: 'models', description: 'ONNX uploads' },
-        { name: 'datasets', description: 'data for fine-tuning and evaluation' },
-        { name: 'jobs', description: 'compression jobs' },
-        { name: 'ops', description: 'health and readiness' },
-      ],
-    },
-    transform: documentMultipart,
-    transformObject: jsonSchemaTransformObject,
+    openapi: documentHeader(API_VERSION),
+    transform: documentRoute,
+    transformObject: documentObject,
   });
   await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: false });
 

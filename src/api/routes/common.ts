@@ -1,6 +1,7 @@
 // Helpers shared by the route plugins.
 import { createHash } from 'node:crypto';
 import path from 'node:path';
+import { z } from 'zod';
 import { BadRequestError, PROBLEM_CONTENT_TYPE } from '../errors.js';
 import { ProblemSchema } from '../schemas.js';
 
@@ -61,31 +62,87 @@ export function isUniqueViolation(err: unknown): boolean {
 
 /** The Prisma arguments every tenant list route pages with: newest first, keyset on (createdAt, id). */
 export interface PageArgs {
+  where: { OR?: Array<{ createdAt: { lt: Date } } | { createdAt: Date; id: { lt: string } }> };
   orderBy: Array<{ createdAt: 'desc' } | { id: 'desc' }>;
   take: number;
-  cursor?: { id: string };
-  skip?: number;
 }
 
 /**
- * One page of a tenant's rows: `cursor` must be a row of this tenant (`cursorExists`), one row more than
- * `limit` is fetched to know whether a next page exists.
+ * One page of a tenant's rows, newest first. The cursor is the id of the last row of the previous page;
+ * `cursorRow` finds it among this tenant's rows (whatever the list's filter: a job whose status changed since
+ * still marks the place), and the page continues strictly after its (createdAt, id) key, so no row is skipped
+ * or repeated. One row more than `limit` is fetched to know whether a next page exists.
  */
-export async function listPage<Row extends { id: string }, View>(
+export async function listPage<Row extends { id: string; createdAt: Date }, View>(
   what: string,
   { limit, cursor }: { limit: number; cursor?: string | undefined },
-  cursorExists: (id: string) => Promise<boolean>,
+  cursorRow: (id: string) => Promise<{ id: string; createdAt: Date } | null>,
   fetch: (args: PageArgs) => Promise<Row[]>,
   view: (row: Row) => View,
 ): Promise<{ items: View[]; nextCursor: string | null }> {
-  if (cursor && !(await cursorExists(cursor))) {
-    throw new BadRequestError(`cursor does not name a ${what} of this tenant; pass the nextCursor of the previous page`);
+  let after: { id: string; createdAt: Date } | null = null;
+  if (cursor) {
+    after = await cursorRow(cursor);
+    if (!after) throw new BadRequestError(`cursor does not name a ${what} of this tenant; pass the nextCursor of the previous page`);
   }
   const rows = await fetch({
+    where: after ? { OR: [{ createdAt: { lt: after.createdAt } }, { createdAt: after.createdAt, id: { lt: after.id } }] } : {},
     orderBy: [{ createdAt: 'desc' }, { id: 'desc' }],
     take: limit + 1,
-    ...(cursor ? { cursor: { id: cursor }, skip: 1 } : {}),
   });
   const page = rows.slice(0, limit);
   return { items: page.map(view), nextCursor: rows.length > limit ? (page[page.length - 1]?.id ?? null) : null };
 }
+
+// ---------------------------------------------------------------- conditional requests (RFC 9110 §13)
+
+/** A strong entity tag for a JSON representation: changes whenever any field of the view changes. */
+export function jsonEtag(view: unknown): string {
+  return `"${sha256Hex(canonicalJson(view)).slice(0, 32)}"`;
+}
+
+/** The entity tags of an If-None-Match / If-Match field value: `*`, or a list of (possibly weak) quoted tags. */
+export function parseEntityTags(header: string | string[] | undefined): '*' | string[] {
+  const value = Array.isArray(header) ? header.join(',') : (header ?? '');
+  if (value.trim() === '*') return '*';
+  return [...value.matchAll(/(?:W\/)?"[^"]*"/g)].map((m) => m[0]);
+}
+
+/** Weak comparison: two tags match when their opaque parts are equal, whichever is weak. */
+export function weakMatch(a: string, b: string): boolean {
+  return a.replace(/^W\//, '') === b.replace(/^W\//, '');
+}
+
+/** Whether If-None-Match says the client already has `etag` (so GET answers 304). */
+export function noneMatch(header: string | string[] | undefined, etag: string): boolean {
+  if (header === undefined) return false;
+  const tags = parseEntityTags(header);
+  return tags === '*' || tags.some((tag) => weakMatch(tag, etag));
+}
+
+interface ConditionalReply {
+  header(name: string, value: string): unknown;
+  code(status: number): { send(payload: undefined): unknown };
+}
+
+/**
+ * Sets ETag and answers 304 when the request's If-None-Match matches it; returns true when it did (the
+ * handler then returns the reply without a body).
+ */
+export function notModified(request: { headers: Record<string, string | string[] | undefined> }, reply: ConditionalReply, etag: string): boolean {
+  reply.header('etag', etag);
+  if (!noneMatch(request.headers['if-none-match'], etag)) return false;
+  reply.code(304).send(undefined);
+  return true;
+}
+
+/** The If-None-Match request header, as routes declare it (documentation and validation). */
+export const ConditionalHeadersSchema = z.object({
+  'if-none-match': z
+    .string()
+    .optional()
+    .describe('ETag(s) of a copy the client has: `"…"`, `W/"…"`, a comma-separated list, or `*`; a match answers 304 without a body'),
+});
+
+/** 304 in a route's response map. */
+export const NOT_MODIFIED = { 304: z.undefined().describe('not modified: the If-None-Match tag matches the current ETag') };

@@ -5,8 +5,9 @@ import { principalOf } from '../auth.js';
 import type { AppContext } from '../context.js';
 import { inspectDataset } from '../../security/index.js';
 import { NotFoundError, UnsupportedMediaTypeError } from '../errors.js';
+import { datasetExample, datasetPageExample } from '../examples.js';
 import { DatasetPageSchema, DatasetSchema, IdParamsSchema, PageQuerySchema } from '../schemas.js';
-import { AUTH, cleanFileName, isUniqueViolation, listPage, problems } from './common.js';
+import { AUTH, cleanFileName, ConditionalHeadersSchema, isUniqueViolation, jsonEtag, listPage, NOT_MODIFIED, notModified, problems } from './common.js';
 import { receiveUpload, removeIfUnreferenced } from './uploads.js';
 
 export function datasetView(dataset: Dataset) {
@@ -35,6 +36,7 @@ export const datasetRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (
     '/v1/datasets',
     {
       schema: {
+        operationId: 'uploadDataset',
         summary: 'Upload a dataset',
         description:
           'multipart/form-data with the archive in field `file`: an .npz (numpy.savez; arrays `x` [N,C,H,W] or [N,H,W], ' +
@@ -43,7 +45,12 @@ export const datasetRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (
         tags: ['datasets'],
         security: AUTH,
         consumes: ['multipart/form-data'],
-        response: { 200: DatasetSchema, 201: DatasetSchema, ...problems(400, 401, 413, 415, 422, 429, 503) },
+        response: {
+          200: DatasetSchema.describe('these bytes were uploaded before: the existing dataset'),
+          201: DatasetSchema.describe('the new dataset'),
+          ...problems(400, 401, 413, 415, 422, 429, 503),
+        },
+        docs: { headers: { 200: ['Location'], 201: ['Location'] }, examples: { 200: datasetExample, 201: datasetExample } },
       },
     },
     async (request, reply) => {
@@ -56,7 +63,7 @@ export const datasetRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (
         throw new UnsupportedMediaTypeError(`${name}: datasets must be .npz (numpy.savez) or .zip (images) files`);
       }
       const existing = await prisma.dataset.findUnique({ where: { tenantId_sha256: { tenantId, sha256: upload.stored.sha256 } } });
-      if (existing) return reply.code(200).send(datasetView(existing));
+      if (existing) return reply.code(200).header('location', `/v1/datasets/${existing.id}`).send(datasetView(existing));
 
       let inspection;
       try {
@@ -88,7 +95,7 @@ export const datasetRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (
       } catch (err) {
         if (!isUniqueViolation(err)) throw err;
         const raced = await prisma.dataset.findUniqueOrThrow({ where: { tenantId_sha256: { tenantId, sha256: upload.stored.sha256 } } });
-        return reply.code(200).send(datasetView(raced));
+        return reply.code(200).header('location', `/v1/datasets/${raced.id}`).send(datasetView(raced));
       }
       request.log.info({ datasetId: dataset.id, bytes: upload.stored.bytes, format }, 'dataset uploaded');
       return reply.code(201).header('location', `/v1/datasets/${dataset.id}`).send(datasetView(dataset));
@@ -99,11 +106,13 @@ export const datasetRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (
     '/v1/datasets',
     {
       schema: {
+        operationId: 'listDatasets',
         summary: "List this tenant's datasets, newest first",
         tags: ['datasets'],
         security: AUTH,
         querystring: PageQuerySchema,
         response: { 200: DatasetPageSchema, ...problems(400, 401, 429, 503) },
+        docs: { examples: { 200: datasetPageExample } },
       },
     },
     async (request) => {
@@ -112,8 +121,8 @@ export const datasetRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (
       return listPage(
         'dataset',
         { limit, cursor },
-        async (id) => (await prisma.dataset.findFirst({ where: { id, tenantId }, select: { id: true } })) !== null,
-        (args) => prisma.dataset.findMany({ where: { tenantId }, ...args }),
+        (id) => prisma.dataset.findFirst({ where: { id, tenantId }, select: { id: true, createdAt: true } }),
+        ({ where, ...args }) => prisma.dataset.findMany({ where: { tenantId, ...where }, ...args }),
         datasetView,
       );
     },
@@ -123,18 +132,24 @@ export const datasetRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (
     '/v1/datasets/:id',
     {
       schema: {
+        operationId: 'getDataset',
         summary: 'Get one dataset',
+        description: 'With If-None-Match: 304 while the dataset is unchanged.',
         tags: ['datasets'],
         security: AUTH,
         params: IdParamsSchema,
-        response: { 200: DatasetSchema, ...problems(400, 401, 404, 429, 503) },
+        headers: ConditionalHeadersSchema,
+        response: { 200: DatasetSchema, ...NOT_MODIFIED, ...problems(400, 401, 404, 429, 503) },
+        docs: { headers: { 200: ['ETag'], 304: ['ETag'] }, examples: { 200: datasetExample } },
       },
     },
-    async (request) => {
+    async (request, reply) => {
       const { tenantId } = principalOf(request);
       const dataset = await prisma.dataset.findFirst({ where: { id: request.params.id, tenantId } });
       if (!dataset) throw new NotFoundError(`dataset ${request.params.id} does not exist for this API key's tenant`);
-      return datasetView(dataset);
+      const view = datasetView(dataset);
+      if (notModified(request, reply, jsonEtag(view))) return reply;
+      return view;
     },
   );
 };

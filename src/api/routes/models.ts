@@ -5,8 +5,9 @@ import type { AppContext } from '../context.js';
 import { NotFoundError } from '../errors.js';
 import { inspectModelUpload, type TensorInfo } from '../onnx.js';
 import { principalOf } from '../auth.js';
+import { modelExample, modelPageExample } from '../examples.js';
 import { IdParamsSchema, ModelPageSchema, ModelSchema, PageQuerySchema } from '../schemas.js';
-import { AUTH, cleanFileName, isUniqueViolation, listPage, problems } from './common.js';
+import { AUTH, cleanFileName, ConditionalHeadersSchema, isUniqueViolation, jsonEtag, listPage, NOT_MODIFIED, notModified, problems } from './common.js';
 import { receiveUpload, removeIfUnreferenced } from './uploads.js';
 
 function publicTensor(t: TensorInfo) {
@@ -35,14 +36,22 @@ export const modelRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (ap
     '/v1/models',
     {
       schema: {
+        operationId: 'uploadModel',
         summary: 'Upload an ONNX model',
         description:
           'multipart/form-data with the .onnx in field `file`. The model is checked (protobuf structure, no external ' +
-          'data, loads in onnxruntime). Uploading the same bytes again returns the existing model with 200.',
+          'data, loads in onnxruntime). Uploading the same bytes again returns the existing model with 200. `params` is ' +
+          'set at once (every initializer element) and replaced by the engine analysis (weights only) shortly after; ' +
+          '`macs` stays null until that analysis has run.',
         tags: ['models'],
         security: AUTH,
         consumes: ['multipart/form-data'],
-        response: { 200: ModelSchema, 201: ModelSchema, ...problems(400, 401, 413, 415, 422, 429, 503) },
+        response: {
+          200: ModelSchema.describe('these bytes were uploaded before: the existing model'),
+          201: ModelSchema.describe('the new model'),
+          ...problems(400, 401, 413, 415, 422, 429, 503),
+        },
+        docs: { headers: { 200: ['Location'], 201: ['Location'] }, examples: { 200: modelExample, 201: modelExample } },
       },
     },
     async (request, reply) => {
@@ -50,7 +59,7 @@ export const modelRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (ap
       const upload = await receiveUpload(request, store, config.maxModelBytes, 'the .onnx model');
       const name = cleanFileName(upload.fileName, 'model.onnx');
       const existing = await prisma.onnxModel.findUnique({ where: { tenantId_sha256: { tenantId, sha256: upload.stored.sha256 } } });
-      if (existing) return reply.code(200).send(modelView(existing));
+      if (existing) return reply.code(200).header('location', `/v1/models/${existing.id}`).send(modelView(existing));
 
       let inspection;
       let modelFile: string;
@@ -81,7 +90,7 @@ export const modelRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (ap
         // The same bytes uploaded concurrently: the other request created the row; answer like a duplicate.
         if (!isUniqueViolation(err)) throw err;
         const raced = await prisma.onnxModel.findUniqueOrThrow({ where: { tenantId_sha256: { tenantId, sha256: upload.stored.sha256 } } });
-        return reply.code(200).send(modelView(raced));
+        return reply.code(200).header('location', `/v1/models/${raced.id}`).send(modelView(raced));
       }
       request.log.info({ modelId: model.id, bytes: upload.stored.bytes, opset: inspection.summary.opset, ops: inspection.summary.opCounts }, 'model uploaded');
       void ctx.analyzer?.schedule(model.id, modelFile);
@@ -93,11 +102,13 @@ export const modelRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (ap
     '/v1/models',
     {
       schema: {
+        operationId: 'listModels',
         summary: "List this tenant's models, newest first",
         tags: ['models'],
         security: AUTH,
         querystring: PageQuerySchema,
         response: { 200: ModelPageSchema, ...problems(400, 401, 429, 503) },
+        docs: { examples: { 200: modelPageExample } },
       },
     },
     async (request) => {
@@ -106,8 +117,8 @@ export const modelRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (ap
       return listPage(
         'model',
         { limit, cursor },
-        async (id) => (await prisma.onnxModel.findFirst({ where: { id, tenantId }, select: { id: true } })) !== null,
-        (args) => prisma.onnxModel.findMany({ where: { tenantId }, ...args }),
+        (id) => prisma.onnxModel.findFirst({ where: { id, tenantId }, select: { id: true, createdAt: true } }),
+        ({ where, ...args }) => prisma.onnxModel.findMany({ where: { tenantId, ...where }, ...args }),
         modelView,
       );
     },
@@ -117,18 +128,24 @@ export const modelRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (ap
     '/v1/models/:id',
     {
       schema: {
+        operationId: 'getModel',
         summary: 'Get one model',
+        description: 'With If-None-Match: 304 while the model is unchanged (the ETag changes when the engine analysis fills params and MACs).',
         tags: ['models'],
         security: AUTH,
         params: IdParamsSchema,
-        response: { 200: ModelSchema, ...problems(400, 401, 404, 429, 503) },
+        headers: ConditionalHeadersSchema,
+        response: { 200: ModelSchema, ...NOT_MODIFIED, ...problems(400, 401, 404, 429, 503) },
+        docs: { headers: { 200: ['ETag'], 304: ['ETag'] }, examples: { 200: modelExample } },
       },
     },
-    async (request) => {
+    async (request, reply) => {
       const { tenantId } = principalOf(request);
       const model = await prisma.onnxModel.findFirst({ where: { id: request.params.id, tenantId } });
       if (!model) throw new NotFoundError(`model ${request.params.id} does not exist for this API key's tenant`);
-      return modelView(model);
+      const view = modelView(model);
+      if (notModified(request, reply, jsonEtag(view))) return reply;
+      return view;
     },
   );
 };
