@@ -202,3 +202,53 @@ export function engineJobOptionsJsonSchema(): Record<string, unknown> {
     allOf,
   };
 }
+
+/** A model input as the model row keeps it: numbers for fixed dims, strings or null for symbolic ones. */
+export interface ModelInputDims {
+  name: string;
+  dims: readonly (number | string | null)[];
+}
+
+/**
+ * The engine's checks of the options against the model's first input (onnx_graph.resolve_input_shapes),
+ * made when the job is created so that a job the engine would refuse is never queued: inputShape must
+ * match the input's rank and fixed channel count, and a model whose input has a symbolic dim other than
+ * the batch (axis 0) and an image's H, W needs inputShape. Null when the options fit.
+ */
+export function optionsModelMismatch(
+  options: { inputShape?: readonly number[] | undefined },
+  inputs: readonly ModelInputDims[],
+): { field: 'inputShape'; message: string } | null {
+  const input = inputs[0];
+  if (!input) return null;
+  const declared = input.dims;
+  const shown = `[${declared.map((d) => (d === null ? '?' : d)).join(', ')}]`;
+  const shape = options.inputShape;
+  if (shape) {
+    if (declared.length > 0 && declared.length !== shape.length) {
+      return {
+        field: 'inputShape',
+        message: `inputShape [${shape.join(', ')}] has ${shape.length} dims but model input ${JSON.stringify(input.name)} is ${shown}; give ${declared.length} dims or leave inputShape out`,
+      };
+    }
+    const channels = declared[1];
+    if (typeof channels === 'number' && channels !== shape[1]) {
+      return {
+        field: 'inputShape',
+        message: `inputShape [${shape.join(', ')}] gives ${shape[1]} channels but model input ${JSON.stringify(input.name)} is ${shown}; use ${channels} channels`,
+      };
+    }
+    return null;
+  }
+  if (declared.length === 0) {
+    return { field: 'inputShape', message: `model input ${JSON.stringify(input.name)} declares no shape; give options.inputShape [N, C, H, W]` };
+  }
+  const axis = declared.findIndex((d, k) => typeof d !== 'number' && !(k === 0 || (declared.length === 4 && k >= 2)));
+  if (axis >= 0) {
+    return {
+      field: 'inputShape',
+      message: `model input ${JSON.stringify(input.name)} is ${shown}, symbolic at axis ${axis}; give options.inputShape with every dim`,
+    };
+  }
+  return null;
+}

@@ -9,7 +9,8 @@ import { principalOf } from '../auth.js';
 import type { AppContext } from '../context.js';
 import { streamJobEvents } from '../job-events.js';
 import { admitJob, type EstimateInput } from '../job-limits.js';
-import { ConflictError, NotFoundError, RangeNotSatisfiableError } from '../errors.js';
+import { optionsModelMismatch } from '../../contract/job-options.js';
+import { ApiError, ConflictError, NotFoundError, RangeNotSatisfiableError } from '../errors.js';
 import type { TensorInfo } from '../onnx.js';
 import { checkDatasetFitsModel, type DatasetInspection } from '../../security/index.js';
 import { parseRange } from '../../store/ranges.js';
@@ -89,6 +90,12 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
 
       const model = await prisma.onnxModel.findFirst({ where: { id: body.modelId, tenantId } });
       if (!model) throw new NotFoundError(`model ${body.modelId} does not exist for this API key's tenant; upload it with POST /v1/models`);
+      const mismatch = optionsModelMismatch(body.options, model.inputs as unknown as TensorInfo[]);
+      if (mismatch) {
+        throw new ApiError(422, 'unprocessable', 'Unprocessable content', mismatch.message, [
+          { in: 'body', pointer: `/options/${mismatch.field}`, detail: mismatch.message },
+        ]);
+      }
       let datasetId: string | null = null;
       let builtinDataset: string | null = null;
       let estimated: EstimateInput['dataset'] = null;
