@@ -46,6 +46,8 @@ export interface AppDeps {
   queue?: Queue<CompressionJobData>;
   store?: ArtifactStore;
   metrics?: ServiceMetrics;
+  /** where the log goes (default stdout): tests read it to check what is and is not logged */
+  logStream?: { write(line: string): void };
   /** run the engine's `analyze --json` after each model upload to fill params/MACs (default true) */
   analyzeModels?: boolean;
 }
@@ -57,6 +59,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     logger: {
       level: config.logLevel,
       redact: ['req.headers.authorization', 'req.headers["x-admin-key"]'],
+      ...(deps.logStream ? { stream: deps.logStream } : {}),
       // Credentials sent as query parameters (?api_key=…) never reach the log.
       serializers: {
         req: (req: { method: string; url: string; ip?: string; socket?: { remoteAddress?: string } }) => ({

@@ -36,7 +36,7 @@ export const ZIP_DECODE_CACHE_BYTES = 256 * MB;
 const BUILTIN_TRAIN = 60_000;
 const BUILTIN_TEST = 10_000;
 /** Upper bounds on one sample and a batch, whatever the limits: past them the figures mean nothing. */
-export const MAX_SAMPLE_ELEMENTS = 64 * 1024 * 1024;
+export const MAX_SAMPLE_ELEMENTS = 16 * 1024 * 1024;
 export const MAX_BATCH_SIZE = 1024;
 
 export interface JobLimits {

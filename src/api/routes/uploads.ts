@@ -93,6 +93,8 @@ export async function receiveUpload(
     };
     part.file.on('error', abort);
     part.file.on('limit', () => abort(new PayloadTooLargeError(limitBytes)));
+    // A body that ended with the part's headers has already failed before we could listen.
+    if (part.file.errored) abort(part.file.errored);
     // The store's pipeline reports the error; this keeps one raised after it settled from going uncaught.
     watched.on('error', () => undefined);
     stored = await store.ingestStream(watched, limitBytes);
