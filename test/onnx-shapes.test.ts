@@ -216,7 +216,7 @@ describe('POST /v1/models', () => {
     for (const [, bytes, code, detail] of hostile.slice(0, 3)) {
       const res = await t.http().post('/v1/models').set(t.authA).attach('file', bytes, 'model.onnx');
       assertProblem(res, 422, detail.source.includes('200000000') ? /1000000000000 elements at batch 1, over the limit of 100000 elements/ : detail);
-      assert.match(String(res.body.type), new RegExp(`${code}$`));
+      assert.match(String(res.body.type), new RegExp(`${code.replace(/_/g, '[-_]')}$`));
     }
     // ONNX_MAX_TENSOR_ELEMENTS=100000 refuses a model the default accepts.
     const res = await t.http().post('/v1/models').set(t.authA).attach('file', convModel('Conv', ['N', 3, 128, 128], [8, 3, 3, 3]), 'model.onnx');

@@ -173,7 +173,12 @@ function inferNode(node: OnnxNode, ins: (KnownTensor | undefined)[], opset: numb
   }
   if (!x) return null;
   const rank = x.dims.length;
-  if (UNARY.has(op)) return node.outputs.map(() => ({ dims: x.dims, ...(x.values && ['Identity', 'Cast'].includes(op) ? { values: x.values } : {}) }));
+  if (UNARY.has(op)) {
+    // Only the main output: the extra outputs of the normalisations (mean, variance) have other shapes;
+    // Dropout's mask has the input's.
+    const out = { dims: x.dims, ...(x.values && ['Identity', 'Cast'].includes(op) ? { values: x.values } : {}) };
+    return op === 'Dropout' ? node.outputs.map(() => out) : [out];
+  }
   if (BROADCASTING.has(op)) {
     if (ins.some((t, i) => t === undefined && node.inputs[i] !== '')) return null;
     const known = ins.filter((t): t is KnownTensor => t !== undefined);

@@ -248,7 +248,8 @@ function checkShapes(model: OnnxModel, opset: number, inputs: TensorInfo[], limi
   for (const node of model.nodes) if (WINDOW_OPS.has(node.opType)) checkWindowAttributes(node, limits);
   const inputShapes = new Map<string, number[]>();
   for (const input of inputs) {
-    const dims = input.dims.map((d, i) => (typeof d === 'number' ? d : i === 0 ? 1 : null));
+    // Some exporters write 0 for a dimension they do not know; it is treated as symbolic.
+    const dims = input.dims.map((d, i) => (typeof d === 'number' && d > 0 ? d : i === 0 ? 1 : null));
     if (dims.every((d): d is number => d !== null)) inputShapes.set(input.name, dims);
   }
   const overLimit = (dims: number[]): number | null => {
