@@ -29,13 +29,22 @@ node_modules/.package-lock.json: package-lock.json
 	npx prisma generate >/dev/null
 	@touch $@
 
+# Headless Chromium renders the report page (test/report-page.test.ts): installed for the service tests only.
+.cache/chromium.stamp:
+	@mkdir -p .cache
+	@if ! dpkg-query -W -f='$${Status}\n' chromium 2>/dev/null | grep -q '^install ok installed'; then \
+	  echo "installing Debian package: chromium"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+	@touch $@
+
 typecheck: setup
 	npx tsc -p tsconfig.json --noEmit
 
 test-engine: setup
 	cd engine && $(PY) -m pytest -q -p no:cacheprovider tests
 
-test-service: setup
+test-service: setup .cache/chromium.stamp
 	npm test
 
 test: setup typecheck test-engine test-service
