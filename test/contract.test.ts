@@ -1,8 +1,9 @@
 // The TypeScript ↔ engine contract: the generated files match their sources, the constants both sides
 // hold agree, and every job the API accepts is one the engine accepts (checked by the engine itself).
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { JOB_STAGES } from '../src/api/schemas.js';
@@ -15,6 +16,7 @@ import {
   MAX_OPSET,
   MIN_OPSET,
 } from '../src/contract/engine.js';
+import { findEngineError } from '../src/contract/engine-events.js';
 import {
   ENGINE_CONSTANTS_FILE,
   ENGINE_PYTHON,
@@ -156,4 +158,46 @@ test('the engine refuses what the API would refuse, naming the same field', () =
   for (const options of [{ finetune: { clipGradNorm: 1e9 } }, { roundTo: 0 }, { finetune: { lr: 0 } }]) {
     assert.equal(JobOptionsSchema.safeParse(options).success, false, JSON.stringify(options));
   }
+});
+
+test("the engine's error event parses with the contract's schema, from every subcommand the worker runs", () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'tuckerize-contract-'));
+  try {
+    const run = (args: string[]) =>
+      spawnSync(ENGINE_PYTHON, ['-m', 'tuckerize', ...args], {
+        encoding: 'utf8',
+        env: { ...process.env, PYTHONPATH: path.join(REPO_ROOT, 'engine') },
+      });
+    const job = path.join(dir, 'job.json');
+    writeFileSync(job, JSON.stringify({
+      jobId: 'j', model: path.join(dir, 'm.onnx'), outputDir: path.join(dir, 'out'), workDir: path.join(dir, 'work'),
+      options: { rule: 'ratio', ratio: 2 },
+    }));
+    const missing = path.join(dir, 'missing.onnx');
+    const cases: [string[], string, string | undefined][] = [
+      [['run', job], 'invalid_option', 'ratio'],
+      [['analyze', missing, '--json'], 'invalid_model', undefined],
+      [['candidates', missing, '-o', path.join(dir, 'c')], 'invalid_model', undefined],
+      [['analyze'], 'usage', undefined],
+    ];
+    for (const [args, code, field] of cases) {
+      const proc = run(args);
+      assert.equal(proc.status, ENGINE_EXIT.input, `${args[0]}: ${proc.stderr}`);
+      const event = findEngineError(proc.stdout);
+      assert.ok(event, `${args[0]} printed an error event: ${proc.stdout}`);
+      assert.equal(event.code, code);
+      assert.equal(event.field, field);
+      assert.ok(!event.detail.includes(dir), `no server path in ${event.detail}`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('findEngineError takes the last error line and ignores other output', () => {
+  const error = { event: 'error', code: 'invalid_dataset', detail: 'the dataset has NaN pixels' };
+  const stdout = ['{"event":"progress","stage":"analyze","done":0,"total":1}', 'not json', JSON.stringify(error), ''].join('\n');
+  assert.deepEqual(findEngineError(stdout), error);
+  assert.equal(findEngineError('{"event":"error","code":"no_such_code","detail":"x"}\n'), null);
+  assert.equal(findEngineError(''), null);
 });

@@ -1,0 +1,37 @@
+/**
+ * The engine's error event (contract C2): before exiting 1 or 2, `python3 -m tuckerize` prints one JSON line
+ * on stdout, `{"event":"error","code":…,"detail":…,"field"?:…,"node"?:…}` (engine/tuckerize/errors.py).
+ * `detail` is written for users (no server paths); `field` is an option path such as `finetune.lr`.
+ * Exit 2 (ENGINE_EXIT.input) is bad input, never retried; exit 1 (code internal_error) is retried.
+ */
+import { z } from 'zod';
+import { ENGINE_ERROR_CODES, type EngineErrorCode } from './engine.js';
+
+const CODES = Object.keys(ENGINE_ERROR_CODES) as [EngineErrorCode, ...EngineErrorCode[]];
+
+export const EngineErrorEventSchema = z.object({
+  event: z.literal('error'),
+  code: z.enum(CODES),
+  detail: z.string(),
+  field: z.string().optional(),
+  node: z.string().optional(),
+});
+export type EngineErrorEvent = z.infer<typeof EngineErrorEventSchema>;
+
+/** The error event among the engine's stdout lines (the last one that is one), or null. */
+export function findEngineError(stdout: string): EngineErrorEvent | null {
+  const lines = stdout.split('\n');
+  for (let i = lines.length - 1; i >= 0; i--) {
+    const line = lines[i]!.trim();
+    if (!line.startsWith('{')) continue;
+    let value: unknown;
+    try {
+      value = JSON.parse(line);
+    } catch {
+      continue;
+    }
+    const parsed = EngineErrorEventSchema.safeParse(value);
+    if (parsed.success) return parsed.data;
+  }
+  return null;
+}
