@@ -14,6 +14,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { renderMarkdown, runBenchmarks, type BenchPlan, type BenchResults, type SessionExperiment } from '../src/worker/bench.js';
+import { measureAlignment, renderAlignment } from './alignment.js';
+import { layerProfileSvg } from './layer-plot.js';
+import { replaceSection } from './sections.js';
+import { measureThreads, renderThreads } from './threads.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -100,6 +104,8 @@ await writeFile(out, renderMarkdown(results) + (await keptSections(out)));
 // Per-node MAC lists would make the file hundreds of kilobytes; the totals and timings stay.
 const withoutPerNode = (key: string, value: unknown) => (key === 'perNode' ? undefined : value);
 if (!values['from-json']) await writeFile(json, JSON.stringify(results, withoutPerNode, 2));
+await writeLayerPlot(results);
+if (!quick && !values['from-json']) await measureIssue11(results);
 process.stderr.write(`[bench] wrote ${out}\n`);
 
 /**
@@ -110,4 +116,51 @@ async function keptSections(file: string): Promise<string> {
   const previous = await readFile(file, 'utf8').catch(() => '');
   const sections = previous.match(/<!-- ([\w-]+):begin -->[\s\S]*?<!-- \1:end -->/g) ?? [];
   return sections.map((section) => `\n${section}\n`).join('');
+}
+
+/** The per-layer profile as an SVG beside the markdown, and a section that shows it. */
+async function writeLayerPlot(r: BenchResults): Promise<void> {
+  const profile = r.profile?.profile;
+  if (!profile || !r.profile?.on || profile.rows.length === 0) return;
+  const on = r.profile.on;
+  const name = `layer-profile-${on.model}-${on.inputSize}.svg`;
+  const svgPath = path.join(path.dirname(out), quick ? '' : 'benchmarks', name);
+  await mkdir(path.dirname(svgPath), { recursive: true });
+  await writeFile(svgPath, layerProfileSvg(profile, `${on.model} at ${on.inputSize}: per-layer MACs reduction vs measured speed-up `
+    + `(${profile.threads} thread(s))`));
+  const below = profile.rows.filter((row) => row.efficiency < 0.5).map((row) => row.layer);
+  await replaceSection(out, 'layer-plot', [
+    `## Per-layer profile plot: ${on.model} at ${on.inputSize}`,
+    '',
+    `![MACs reduction against measured speed-up per rewritten layer](${path.relative(path.dirname(out), svgPath)})`,
+    '',
+    `Made by \`${r.command}\` from the per-layer profile table above (${profile.threads} thread(s), ${profile.runs} interleaved runs). `
+      + 'One point per rewritten layer; on the dashed line time fell as much as MACs did. '
+      + `${below.length} of ${profile.rows.length} layers lie below half of it${below.length ? `: ${below.join(', ')}` : ''}.`,
+  ].join('\n'));
+}
+
+/** Issue 11's tables: speed against rank multiple, and VGG-16 at 1 and 2 threads with onnxruntime's profiler. */
+async function measureIssue11(r: BenchResults): Promise<void> {
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const alignment = await measureAlignment({
+    python: values.python, workDir: path.join(workDir, 'alignment'), threads: [1, 2], runs: 20, warmup: 3,
+    command: 'node --import tsx benchmarks/alignment.ts (run by npm run bench)', log,
+  });
+  await writeFile(path.join(repoRoot, 'benchmarks', 'alignment.json'), JSON.stringify(alignment, null, 2));
+  await replaceSection(out, 'alignment', renderAlignment(alignment));
+  const vgg = r.cases.find((c) => c.benchCase.model === 'vgg16' && c.compression.exitCode === 0);
+  if (!vgg) return;
+  const macs = vgg.measurement?.table1.macs.ratio ?? null;
+  const threadResults = await measureThreads({
+    label: caseLabelOf(vgg.benchCase), original: vgg.originalPath, compressed: vgg.compression.output, threads: [1, 2],
+    runs: 20, warmup: 3, workDir: path.join(workDir, 'threads'), macsReduction: macs, log,
+    command: 'node --import tsx benchmarks/threads.ts (run by npm run bench on the budget case\'s models)',
+  });
+  await writeFile(path.join(repoRoot, 'benchmarks', 'threads.json'), JSON.stringify(threadResults, null, 2));
+  await replaceSection(out, 'threads', renderThreads(threadResults));
+}
+
+function caseLabelOf(c: { model: string; inputSize: number; targetMacsReduction?: number }): string {
+  return `${c.model}-${c.inputSize}${c.targetMacsReduction ? ` at ${c.targetMacsReduction}× fewer MACs` : ''}`;
 }
