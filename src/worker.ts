@@ -2,6 +2,7 @@
 // running ones finish), a second signal exits at once (BullMQ's stall detection then hands the job on).
 import { pino } from 'pino';
 import { loadConfig } from './config.js';
+import { createWorkerMetrics, probeDevice, serveMetrics } from './ops/worker-metrics.js';
 import { startWorker } from './worker/runner.js';
 
 const config = loadConfig();
@@ -13,6 +14,14 @@ try {
     lockDurationMs: config.workerLockDurationMs,
     stalledIntervalMs: config.workerStalledIntervalMs,
   });
+  // /metrics for Prometheus (deploy/prometheus.yml): slots, utilisation, and the engine's device.
+  const metrics = createWorkerMetrics(running.worker, { workerId: running.workerId, slots: config.workerConcurrency, device: 'unknown' });
+  const metricsServer = await serveMetrics(metrics.registry, config.host, config.workerMetricsPort);
+  logger.info({ port: metricsServer.port }, 'worker metrics on /metrics');
+  void probeDevice(config.enginePython, config.engineDir).then((device) => {
+    metrics.setDevice(device);
+    logger.info({ device }, 'engine device');
+  });
   let signals = 0;
   const onSignal = (signal: NodeJS.Signals): void => {
     signals += 1;
@@ -21,7 +30,7 @@ try {
       process.exit(1);
     }
     logger.info({ signal }, 'draining: no new jobs, waiting for running ones');
-    running.close().then(
+    Promise.all([running.close(), metricsServer.close()]).then(
       () => process.exit(0),
       (err: unknown) => {
         logger.error({ err }, 'error while closing the worker');

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Callable, Optional
 
 from .atomic import atomic_write_bytes, atomic_write_json
+from .device import describe as describe_device
 from .errors import EngineInputError, input_errors
 from .exits import EXIT_OK, EXIT_TERMINATED
 from .latency_table import read_latency_table
@@ -264,6 +265,8 @@ def _pipeline(job: dict, stages: _Stages) -> None:
             "finetune": finetune_report,
             "timings": dict(stages.timings),
             "profile": profile,
+            # the worker's accelerator (or "cpu"): shown with the job and in the worker's /metrics
+            "device": describe_device(),
         }
         report["timings"]["write"] = round(time.perf_counter() - start, 4)
         atomic_write_json(os.path.join(out, "report.json"), report)

@@ -14,6 +14,7 @@ import type { Prisma } from '@prisma/client';
 import { JobOptionsSchema, type EngineJobOptions, type JobOptions } from '../contract/job-options.js';
 import { isTerminal, type JobStates } from '../jobs/state.js';
 import type { CompressionJobData, JobProgress } from '../queue/index.js';
+import { CheckpointSync } from '../store/checkpoint-sync.js';
 import type { JobContext, JobOutcome, ProcessorDeps } from './job-context.js';
 import { runJobEngine } from './job-engine.js';
 import type { LatencyPlanResult } from './latency.js';
@@ -68,6 +69,8 @@ class JobRun {
   /** 0..100 over the whole job, as last computed. */
   private percent = 0;
   private readonly throttle: ProgressThrottle;
+  /** The engine's checkpoints, copied to the store so the next attempt resumes on any worker. */
+  private readonly checkpoints: CheckpointSync;
 
   constructor(private readonly deps: ProcessorDeps, private readonly job: Job<CompressionJobData>) {
     this.jobId = job.data.jobId;
@@ -76,12 +79,14 @@ class JobRun {
       (p) => this.writeProgress(p),
       (err) => this.log.warn({ err }, 'progress update failed; the job goes on'),
     );
+    const paths = jobPaths(jobDirFor(deps.config.workDir, this.jobId));
+    this.checkpoints = new CheckpointSync(deps.store, this.jobId, paths.workDir, this.log);
     this.ctx = {
       deps,
       job,
       jobId: this.jobId,
       log: this.log,
-      paths: jobPaths(jobDirFor(deps.config.workDir, this.jobId)),
+      paths,
       signal: this.abort.signal,
       throwIfStopping: () => {
         if (this.stopping) throw this.stopError();
@@ -137,6 +142,19 @@ class JobRun {
       unsubscribe();
       clearInterval(poll);
       clearTimeout(timeout);
+      await this.settleCheckpoints();
+    }
+  }
+
+  /** After an attempt: a finished job's checkpoints are deleted; an unfinished one's are copied once more. */
+  private async settleCheckpoints(): Promise<void> {
+    try {
+      await this.checkpoints.stop();
+      const row = await this.deps.prisma.job.findUnique({ where: { id: this.jobId }, select: { status: true } });
+      if (!row || isTerminal(row.status)) await this.checkpoints.discard();
+      else await this.checkpoints.flush();
+    } catch (err) {
+      this.log.warn({ err }, 'engine checkpoints in the store not settled; they are deleted with the next finished attempt');
     }
   }
 
@@ -144,6 +162,9 @@ class JobRun {
     const { ctx } = this;
     const { paths } = ctx;
     const dataset = await stageInputs(this.deps.store, paths, row);
+    // An attempt on another worker left its checkpoints in the store: the engine resumes from them.
+    await this.checkpoints.restore();
+    this.checkpoints.start(this.deps.config.checkpointSyncMs);
 
     let latencyPlan: LatencyPlanResult | null = null;
     let engineOptions: EngineJobOptions = options;
