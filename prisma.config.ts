@@ -1,6 +1,6 @@
 // Prisma CLI configuration (used by `prisma generate` / `prisma migrate diff`, never by the running service,
 // which reads its config through src/config.ts). The JS engine with a driver adapter is the combination that
-// works offline here; the Rust/wasm engines need downloads or fail (see DESIGN.md "Environment facts").
+// works offline here; the Rust/wasm engines need downloads or fail (see docs/design.md, "Environment notes").
 import path from 'node:path';
 import { defineConfig } from 'prisma/config';
 

@@ -101,7 +101,7 @@ function clientOptionCorpus(): Record<string, unknown>[] {
 /** What the worker hands the engine for accepted client options (src/worker/latency.ts latencyJobOptions). */
 function engineOptions(options: Record<string, unknown>): Record<string, unknown> {
   const parsed = JobOptionsSchema.parse(options) as Record<string, unknown>;
-  return parsed.rule === 'latency' ? { ...parsed, targetMacs: 0.4, latencyTable: '/work/job/latency-table.json' } : parsed;
+  return parsed.rule === 'latency' ? { ...parsed, targetMacs: 0.4, latencyTable: '/jobs/7/latency-table.json' } : parsed;
 }
 
 /** The engine's verdicts (options.validate_options against the JSON Schema), one Python process for all. */

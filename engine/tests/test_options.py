@@ -45,7 +45,7 @@ def test_the_schema_names_what_the_engine_reads():
 
 
 RULE_VALUES = {"ratio": 0.5, "strength": 0.5, "targetMacs": 0.5, "targetParams": 0.5, "targetLatency": 0.5,
-               "latencyTable": "/work/latency-table.json"}
+               "latencyTable": "/jobs/7/latency-table.json"}
 
 
 @pytest.mark.parametrize("rule", [None, *plan.RULES])

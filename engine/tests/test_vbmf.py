@@ -1,4 +1,4 @@
-"""EVBMF: the facts of /work/shared/EVBMF.md over several shapes, the top-H form, and edge cases."""
+"""EVBMF: the facts of docs/evbmf.md over several shapes, the top-H form, and edge cases."""
 import math
 
 import numpy as np
@@ -34,7 +34,7 @@ def evb_threshold(shape, sigma):
 
 
 def reference_free_energy(sigma2, gamma, L, M, residual, H):
-    """Ω(σ²) exactly as written in EVBMF.md (with its ln x_h terms)."""
+    """Ω(σ²) exactly as written in docs/evbmf.md (with its ln x_h terms)."""
     alpha = L / M
     xb = x_bar(alpha)
     total = residual / (M * sigma2) + (L - H) * math.log(sigma2)
@@ -65,7 +65,7 @@ def test_tau_bar_known_value_and_monotone():
     alphas = [1e-4, 1e-3, 0.01, 0.1, 0.3, 0.7, 1.0]
     taus = [tau_bar(a) for a in alphas]
     assert taus == sorted(taus)
-    # The popular approximation 2.5129·√α is exact at α = 1 and low below it (EVBMF.md).
+    # The popular approximation 2.5129·√α is exact at α = 1 and low below it (docs/evbmf.md).
     assert all(t > 2.5129 * math.sqrt(a) for a, t in zip(alphas[:-1], taus[:-1]))
 
 
@@ -119,7 +119,7 @@ def test_estimate_is_the_degrees_of_freedom_fixed_point():
     assert r.sigma2 == pytest.approx(float((Y**2).sum()) / (M * (L + tau.sum())), rel=1e-12)
 
 
-# --- the facts of EVBMF.md -----------------------------------------------------------------------
+# --- the facts of docs/evbmf.md ------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_pure_noise_gives_rank_zero_and_the_noise_variance(shape):

@@ -248,7 +248,8 @@ def _pipeline(job: dict, stages: _Stages) -> None:
         report = {
             "jobId": job["jobId"],
             "model": {
-                "path": job["model"], "sha256": model_sha, "bytes": os.path.getsize(job["model"]),
+                # The report is served to users: the file's name, not the worker's path to it.
+                "file": os.path.basename(job["model"]), "sha256": model_sha, "bytes": os.path.getsize(job["model"]),
                 "opset": default_opset(original), "irVersion": original.ir_version,
                 "producer": f"{original.producer_name} {original.producer_version}".strip(),
                 "inputs": [{"name": v.name, "shape": _dims(v)} for v in real_inputs(original)],

@@ -1,7 +1,7 @@
 """Empirical variational Bayesian matrix factorization (EVBMF): rank and noise variance of a matrix.
 
 Nakajima, Sugiyama, Babacan, Tomioka, "Global analytic solution of fully-observed variational Bayesian
-matrix factorization", JMLR 2013 (see /work/shared/EVBMF.md for the formulas used here).
+matrix factorization", JMLR 2013 (docs/evbmf.md states the formulas used here).
 
 Model: Y = B Aᵀ + E with E i.i.d. N(0, σ²). Everything depends only on the singular values γ_h of Y,
 so `evbmf` computes a spectrum and `evbmf_spectrum` does the statistics; rank rules reuse spectra.
@@ -9,7 +9,7 @@ so `evbmf` computes a spectrum and `evbmf_spectrum` does the statistics; rank ru
 Choices made here (documented because the literature's ports differ):
 - τ̄ is solved exactly: the positive root of Φ(τ) + Φ(τ/α) = 0, Φ(z) = ln(1+z)/z − 1/2, with Brent's
   method (not the 2.5129·√α approximation, which is exact only at α = 1).
-- σ² is the global minimiser of the free energy Ω over the bracket of EVBMF.md, found by a log-spaced
+- σ² is the global minimiser of the free energy Ω over the bracket of docs/evbmf.md, found by a log-spaced
   grid over the bracket (Ω can have several local minima; a single Brent run over the whole bracket
   may stop in the wrong one), then refined around the best grid point as the root of dΩ/dσ², which
   has the closed form of `_free_energy_slope` (Brent on Ω itself where the minimum sits on a kink).
@@ -182,7 +182,7 @@ def evbmf_spectrum(singular_values, L: int, M: int, residual: float = 0.0, sigma
         return EVBMFResult(0, 0.0, 0.0, gamma)
 
     upper = energy / (L * M)
-    h_bar = min(math.ceil(L / (1.0 + alpha)) - 1, H)     # 1-based H̄ of EVBMF.md
+    h_bar = min(math.ceil(L / (1.0 + alpha)) - 1, H)     # 1-based H̄ of docs/evbmf.md
     lower = 0.0
     if h_bar < H:                                        # γ_{H̄+1} and the tail mean are known exactly
         tail = float(gamma2[h_bar:].sum()) + float(residual)

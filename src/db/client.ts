@@ -1,5 +1,5 @@
 // One Prisma client per process, on the JS query engine through @prisma/adapter-pg (the combination that
-// works offline; see DESIGN.md). A `?schema=name` in the URL selects a PostgreSQL schema.
+// works offline; see docs/design.md). A `?schema=name` in the URL selects a PostgreSQL schema.
 import { PrismaPg } from '@prisma/adapter-pg';
 import { PrismaClient } from '@prisma/client';
 

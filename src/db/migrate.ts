@@ -1,7 +1,7 @@
 // Applies the committed SQL migrations (prisma/migrations/*/migration.sql) in name order, each in its own
 // transaction, recorded in a tracking table, under a PostgreSQL advisory lock so an API and several workers
 // starting together apply each migration exactly once. `prisma migrate deploy` cannot be used here (its wasm
-// schema engine fails in this environment; DESIGN.md), so this is the startup migration step.
+// schema engine fails in this environment; docs/design.md), so this is the startup migration step.
 import { createHash } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';

@@ -3,7 +3,7 @@
 import type { JobProgress } from '../queue/index.js';
 
 /**
- * Share of the whole job each stage takes. Engine stages first (DESIGN.md order), then the worker's own.
+ * Share of the whole job each stage takes. Engine stages first (in the engine's order, ENGINE_STAGES), then the worker's own.
  * Fine-tuning dominates the wall time when present; without it the rewrite and the measurement do.
  */
 const WEIGHTS_PLAIN: Record<string, number> = {

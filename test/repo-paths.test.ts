@@ -1,0 +1,87 @@
+// The repository stands on its own: no tracked file names a path of the machine it was written on
+// (a workspace under /work, a sibling ../shared folder), and every Markdown document a file names exists
+// in the repository. Someone who clones it must find every reference inside it.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const MAX_BYTES = 4 * 1024 * 1024;
+
+/** Paths that point outside the repository, wherever this checkout lives. */
+const OUTSIDE = [
+  { pattern: /(?<![\w.~-])\/work\/[\w.-]+/g, why: "a path of the authors' machine" },
+  { pattern: /\.\.\/shared\b/g, why: 'a folder beside the repository' },
+];
+/** A Markdown document named in text: `docs/design.md`, [x](../README.md), BENCHMARKS.md. */
+const MARKDOWN_NAME = /(?<![\w/.-])((?:\.{1,2}\/)?(?:[\w.-]+\/)*[\w-]+\.md)\b(?![\w(])/g;
+/** Markdown files that code writes rather than refers to, each judged so. */
+const WRITTEN_NOT_READ = new Map([
+  ['OUT.md', 'benchmarks/accuracy_table.py: the --markdown output file in its usage line'],
+  ['section.md', 'engine/tests/test_accuracy_table.py: the section the test has accuracy_table.py write'],
+  ['ARCH.md', 'engine/tuckerize/reference.py: the training record it writes beside ARCH.onnx'],
+]);
+
+function trackedTextFiles(): string[] {
+  const listed = execFileSync('git', ['ls-files', '-z'], { cwd: ROOT, encoding: 'utf8' }).split('\0').filter(Boolean);
+  return listed.filter((file) => {
+    const full = path.join(ROOT, file);
+    if (!existsSync(full) || statSync(full).size > MAX_BYTES) return false;
+    return !readFileSync(full).subarray(0, 8192).includes(0);
+  });
+}
+
+export function outsideReferences(text: string): { match: string; why: string }[] {
+  return OUTSIDE.flatMap(({ pattern, why }) => [...text.matchAll(pattern)].map((m) => ({ match: m[0], why })));
+}
+
+export function markdownNames(text: string): string[] {
+  return [...text.matchAll(MARKDOWN_NAME)].map((m) => m[1]!).filter((name) => !/^https?:/.test(name));
+}
+
+/** Whether `name`, as written in `fromFile`, is a tracked file (relative to that file or to the root). */
+export function documentExists(name: string, fromFile: string, tracked: Set<string>): boolean {
+  if (WRITTEN_NOT_READ.has(name)) return true;
+  const candidates = [path.posix.join(path.posix.dirname(fromFile), name), path.posix.normalize(name)];
+  if (candidates.some((c) => tracked.has(c))) return true;
+  // A bare name (BENCHMARKS.md, security.md) refers to a document of that name somewhere in the tree.
+  return !name.includes('/') && [...tracked].some((file) => path.posix.basename(file) === name);
+}
+
+test('no tracked file names a path outside the repository or a document it lacks', () => {
+  const files = trackedTextFiles();
+  assert.ok(files.length > 100, `git ls-files lists the repository (${files.length} files)`);
+  const tracked = new Set(files);
+  const problems: string[] = [];
+  for (const file of files) {
+    if (file === 'test/repo-paths.test.ts') continue; // names the patterns it looks for
+    const text = readFileSync(path.join(ROOT, file), 'utf8');
+    for (const { match, why } of outsideReferences(text)) problems.push(`${file}: ${match} (${why})`);
+    for (const name of markdownNames(text)) {
+      if (!documentExists(name, file, tracked)) problems.push(`${file}: ${name} (no such document in the repository)`);
+    }
+  }
+  assert.deepEqual(problems, [], `write what the project needs into docs/ and refer to it there:\n${problems.join('\n')}`);
+});
+
+test('the checks catch what they are for', () => {
+  assert.deepEqual(
+    outsideReferences('see /work/shared/EVBMF.md and ../shared/DESIGN.md; not benchmarks/work/x or .cache/bench/work/y').map((r) => r.match),
+    ['/work/shared', '../shared'],
+  );
+  assert.deepEqual(markdownNames('see docs/design.md, [x](../README.md) and EVBMF.md; https://example.org/a.md'), [
+    'docs/design.md',
+    '../README.md',
+    'EVBMF.md',
+  ]);
+  const tracked = new Set(['README.md', 'docs/design.md', 'docs/evbmf.md']);
+  assert.equal(documentExists('docs/design.md', 'README.md', tracked), true);
+  assert.equal(documentExists('../README.md', 'docs/design.md', tracked), true);
+  assert.equal(documentExists('evbmf.md', 'docs/design.md', tracked), true);
+  assert.equal(documentExists('EVBMF.md', 'engine/tuckerize/vbmf.py', tracked), false);
+  assert.equal(documentExists('../shared/DESIGN.md', 'README.md', tracked), false);
+  assert.equal(documentExists('docs/missing.md', 'README.md', tracked), false);
+});
