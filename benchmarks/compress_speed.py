@@ -94,7 +94,7 @@ def measure_stages(path: Path, rule: str, target_macs: float | None, output: Pat
 
     from tuckerize import plan as plan_module
     from tuckerize import surgery
-    from tuckerize.cli import atomic_write_bytes
+    from tuckerize.atomic import atomic_write_bytes
     from tuckerize.onnx_graph import load_model
 
     clock = Clock()
