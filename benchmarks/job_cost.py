@@ -5,8 +5,8 @@ Usage: PYTHONPATH=engine OMP_NUM_THREADS=2 /usr/bin/python3 benchmarks/job_cost.
 For each reference model and batch size it runs fine-tuning steps the way engine/tuckerize/finetune.py does
 (student forward + backward + SGD step, teacher forward without gradients) in a fresh process, and prints one
 JSON line: model, input, batch, median seconds per step, MACs per second (4 x MACs x batch per step: forward,
-backward ~2x forward, teacher forward), and the peak RSS growth over the model-only baseline per sample as a
-multiple of the sample's input bytes.
+backward ~2x forward, teacher forward), the peak RSS growth per sample between batch 8 and 64 as a multiple of
+the sample's input bytes, and the same for an evaluation forward pass without gradients (batch 16 vs 256).
 """
 import argparse
 import json
@@ -15,6 +15,20 @@ import statistics
 import subprocess
 import sys
 import time
+
+EVAL_CHILD = r'''
+import json, resource, sys
+import onnx, torch
+from tuckerize.interpret import OnnxModule
+path, batch, h, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(threads)
+teacher = OnnxModule(onnx.load(path)).eval()
+x = torch.rand(batch, 1, h, h)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with torch.no_grad():
+    teacher(x)
+print(json.dumps({"baseKiB": base, "peakKiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+'''
 
 CHILD = r'''
 import json, resource, sys, time, statistics
@@ -41,6 +55,8 @@ for _ in range(steps):
     opt.zero_grad(); loss.backward(); opt.step()
     times.append(time.perf_counter() - t0)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# Evaluation as finetune.predict does it (no gradients), after training so it starts from the training peak:
+# only what it adds beyond that peak shows, so it is measured in its own process (mode "eval").
 print(json.dumps({"stepSeconds": statistics.median(times[1:]), "baseKiB": base, "peakKiB": peak}))
 '''
 
@@ -60,6 +76,12 @@ def main() -> int:
             out = subprocess.run([sys.executable, "-c", CHILD, path, str(batch), "28", str(args.steps), str(args.threads)],
                                  capture_output=True, text=True, check=True).stdout
             results[batch] = json.loads(out)
+        evals = {}
+        for batch in (16, 256):
+            out = subprocess.run([sys.executable, "-c", EVAL_CHILD, path, str(batch), "28", str(args.threads)],
+                                 capture_output=True, text=True, check=True).stdout
+            evals[batch] = json.loads(out)
+        eval_per_sample = (evals[256]["peakKiB"] - evals[16]["peakKiB"]) * 1024 / (256 - 16)
         small, large = results[8], results[64]
         per_sample_bytes = (large["peakKiB"] - small["peakKiB"]) * 1024 / (64 - 8)
         input_bytes = 28 * 28 * 4
@@ -68,7 +90,9 @@ def main() -> int:
                               "stepSeconds": round(r["stepSeconds"], 5),
                               "macsPerSecond": round(4 * macs * batch / r["stepSeconds"]),
                               "activationBytesPerSample": round(per_sample_bytes),
-                              "activationPerInputByte": round(per_sample_bytes / input_bytes, 1)}))
+                              "activationPerInputByte": round(per_sample_bytes / input_bytes, 1),
+                              "evalBytesPerSample": round(eval_per_sample),
+                              "evalPerInputByte": round(eval_per_sample / input_bytes, 1)}))
     return 0
 
 
