@@ -28,6 +28,10 @@ Options (job["options"]["finetune"], all optional):
   batchSize (64), maxSamples (all): training samples used (a seeded subset)
   evalSamples (2000): held-out samples evaluated (10 % of an uploaded set; the test split of the built-in one)
   checkpointEvery (100 steps)
+  featureWeight (0): weight of feature distillation at the rewritten layers, the mean over those layers of
+                        ‖s − t‖² / ‖t‖² between the student's and the teacher's output of each rewritten
+                        layer (its tensor keeps the original name), added to the logit loss
+  evalEvery (none): also evaluate the held-out split every this many epochs (e.g. 0.25), into the history
 """
 from __future__ import annotations
 
@@ -56,7 +60,8 @@ CHECKPOINT_VERSION = 1
 WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "InstanceNormalization",
               "LayerNormalization", "GroupNormalization", "PRelu"}
 OPTION_KEYS = {"epochs", "steps", "lr", "optimizer", "weightDecay", "warmupSteps", "distill", "temperature",
-               "alpha", "labels", "batchSize", "maxSamples", "evalSamples", "checkpointEvery", "clipGradNorm"}
+               "alpha", "labels", "batchSize", "maxSamples", "evalSamples", "checkpointEvery", "clipGradNorm",
+               "featureWeight", "evalEvery"}
 
 
 @dataclass(frozen=True)
@@ -76,13 +81,16 @@ class FinetuneOptions:
     eval_samples: int
     checkpoint_every: int
     clip_grad_norm: float
+    feature_weight: float = 0.0
+    eval_every: Optional[float] = None
 
     def to_dict(self) -> dict:
         return {"epochs": self.epochs, "steps": self.steps, "lr": self.lr, "optimizer": self.optimizer,
                 "weightDecay": self.weight_decay, "warmupSteps": self.warmup_steps, "distill": self.distill,
                 "temperature": self.temperature, "alpha": self.alpha, "labels": self.labels,
                 "batchSize": self.batch_size, "maxSamples": self.max_samples, "evalSamples": self.eval_samples,
-                "checkpointEvery": self.checkpoint_every, "clipGradNorm": self.clip_grad_norm}
+                "checkpointEvery": self.checkpoint_every, "clipGradNorm": self.clip_grad_norm,
+                "featureWeight": self.feature_weight, "evalEvery": self.eval_every}
 
 
 def parse_options(raw: Optional[dict]) -> FinetuneOptions:
@@ -138,6 +146,8 @@ def parse_options(raw: Optional[dict]) -> FinetuneOptions:
         eval_samples=integer("evalSamples", 2000),
         checkpoint_every=integer("checkpointEvery", 100),
         clip_grad_norm=number("clipGradNorm", 5.0, 0.0, 1e6, low_open=False),
+        feature_weight=number("featureWeight", 0.0, 0.0, 1e3, low_open=False),
+        eval_every=number("evalEvery", None, 0.0, 1e3),
     )
 
 
@@ -158,8 +168,9 @@ def run_finetune_stage(job: dict, original: onnx.ModelProto, compressed: onnx.Mo
         raise EngineInputError("fine-tuning without distillation needs labels: the dataset has none "
                                "(or options.finetune.labels is false); set distill true")
 
-    teacher = OnnxModule(original).to(device).eval()
-    student = OnnxModule(compressed).to(device)
+    features = rewritten_outputs(original, compressed) if options.feature_weight > 0 else []
+    teacher = OnnxModule(with_outputs(original, features)).to(device).eval()
+    student = OnnxModule(with_outputs(compressed, features)).to(device)
     num_outputs = _check_outputs(teacher, student, heldout, device)
     for dataset in (train_set, heldout):
         if dataset.y is not None and int(dataset.y.max()) >= num_outputs:
@@ -271,6 +282,7 @@ def train(student: OnnxModule, teacher: OnnxModule, model: onnx.ModelProto, trai
     else:
         total_steps = options.steps
     warmup = options.warmup_steps if options.warmup_steps is not None else min(100, total_steps // 20)
+    eval_every_steps = max(1, round(options.eval_every * steps_per_epoch)) if options.eval_every else None
     use_labels = options.labels and train_set.y is not None
     alpha = options.alpha if options.alpha is not None else (0.9 if use_labels else 1.0)
     if not options.distill:
@@ -326,12 +338,18 @@ def train(student: OnnxModule, teacher: OnnxModule, model: onnx.ModelProto, trai
         index = order[position * batch_size:(position + 1) * batch_size]
         started = time.perf_counter()
         xb = x_all[index].to(device)
-        logits = student(xb)
+        outputs = student(xb)
+        logits, student_features = (outputs[0], outputs[1:]) if isinstance(outputs, tuple) else (outputs, ())
         loss = torch.zeros((), device=device)
-        if alpha > 0:
+        if alpha > 0 or student_features:
             with torch.no_grad():
-                teacher_logits = teacher(xb)
+                teacher_outputs = teacher(xb)
+            teacher_logits, teacher_features = ((teacher_outputs[0], teacher_outputs[1:])
+                                                if isinstance(teacher_outputs, tuple) else (teacher_outputs, ()))
+        if alpha > 0:
             loss = loss + alpha * distillation_loss(logits, teacher_logits, options.temperature)
+        if student_features:
+            loss = loss + options.feature_weight * feature_loss(student_features, teacher_features)
         if alpha < 1 and y_all is not None:
             loss = loss + (1 - alpha) * F.cross_entropy(logits, y_all[index].to(device))
         if not torch.isfinite(loss):
@@ -353,6 +371,12 @@ def train(student: OnnxModule, teacher: OnnxModule, model: onnx.ModelProto, trai
         epoch_loss[1] += 1
 
         epoch_end = step % steps_per_epoch == 0 or step == total_steps
+        if not epoch_end and eval_every_steps and step % eval_every_steps == 0:
+            metrics = evaluate_logits(predict(student, heldout.x, device), heldout.y, teacher_heldout)
+            student.train()
+            history.append({"epoch": round(step / steps_per_epoch, 4), "step": step, "heldout": metrics})
+            emit({"event": "log", "level": "info",
+                  "message": f"step {step} ({step / steps_per_epoch:.2f} epoch): held-out {json.dumps(metrics)}"})
         if epoch_end:
             metrics = evaluate_logits(predict(student, heldout.x, device), heldout.y, teacher_heldout)
             student.train()
@@ -384,7 +408,7 @@ def train(student: OnnxModule, teacher: OnnxModule, model: onnx.ModelProto, trai
             "threads": torch.get_num_threads() if device.type == "cpu" else None,
             "wallSeconds": round(trained_seconds, 3), "imagesPerSecond": round(rate, 2) if rate else None,
             "loss": {"distillation": alpha > 0, "crossEntropy": alpha < 1 and y_all is not None, "alpha": alpha,
-                     "temperature": options.temperature},
+                     "temperature": options.temperature, "featureWeight": options.feature_weight},
             "options": options.to_dict(), "history": history}
 
 
@@ -399,6 +423,32 @@ class _WarmupCosine:
             return (step + 1) / (self.warmup + 1)
         progress = (step - self.warmup) / max(1, self.total - self.warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def feature_loss(student_features, teacher_features) -> torch.Tensor:
+    """Mean over layers of ‖s − t‖²/‖t‖²: each rewritten layer's output pulled towards the original's."""
+    terms = [((s - t) ** 2).sum() / (t ** 2).sum().clamp_min(1e-12) for s, t in zip(student_features, teacher_features)]
+    return torch.stack(terms).mean()
+
+
+def rewritten_outputs(original: onnx.ModelProto, compressed: onnx.ModelProto) -> list[str]:
+    """Tensors both graphs compute but with different producer nodes: the outputs of the rewritten layers."""
+    producer = {out: node.name for node in original.graph.node for out in node.output}
+    graph_outputs = {o.name for o in compressed.graph.output}
+    return [node.output[0] for node in compressed.graph.node
+            if node.output and node.output[0] in producer and producer[node.output[0]] != node.name
+            and node.output[0] not in graph_outputs]
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` that also outputs the tensors `names` (after its own outputs)."""
+    if not names:
+        return model
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    elem = result.graph.output[0].type.tensor_type.elem_type
+    result.graph.output.extend(onnx.helper.make_tensor_value_info(name, elem, None) for name in names)
+    return result
 
 
 # --- evaluation ------------------------------------------------------------------------------------------
