@@ -130,7 +130,8 @@ def test_plan_kwargs_reads_every_rank_option_of_the_schema():
 
 def test_plan_kwargs_maps_every_rank_option():
     options = {"rule": "budget", "targetMacs": 0.4, "roundTo": 8, "force": True, "strength": None}
-    assert plan_kwargs(options) == {"rule": "budget", "ratio": None, "strength": None, "force": True, "round_to": 8,
-                                    "target_macs": 0.4, "target_params": None, "target_latency": None,
-                                    "latency_table": None}
+    expected = {"rule": "budget", "ratio": None, "strength": None, "force": True, "round_to": 8, "target_macs": 0.4,
+                "target_params": None, "target_latency": None, "latency_table": None}
+    kwargs = plan_kwargs(options)
+    assert {key: kwargs[key] for key in expected} == expected
     assert plan_kwargs({})["rule"] == "vbmf" and plan_kwargs({})["force"] is False
