@@ -1,12 +1,13 @@
-// Params/MACs of an uploaded model from the real engine (`python3 -m tuckerize analyze --json`), filled in
-// after the upload was answered.
+// Upload analysis as a queued job: the API enqueues it, a real worker runs the real engine
+// (`python3 -m tuckerize analyze --json`) and fills params/MACs; the model's `analysis` field follows it.
 import assert from 'node:assert/strict';
 import { chmod, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import pino from 'pino';
-import { ModelAnalyzer, totalsFromAnalysis } from '../src/api/model-analysis.js';
-import { FileStore } from '../src/store/artifacts.js';
+import { totalsFromAnalysis } from '../src/worker/analysis.js';
+import { startWorker, type RunningWorker } from '../src/worker/runner.js';
 import { startTestApp, type TestApp } from './helpers/app.js';
 import { createFixtures, type Fixtures } from './helpers/fixtures.js';
 
@@ -14,12 +15,22 @@ let t: TestApp;
 let fx: Fixtures;
 before(async () => {
   fx = await createFixtures();
-  t = await startTestApp();
+  t = await startTestApp({}, { analyzeModels: true });
 });
 after(async () => {
   await t?.close();
   await fx?.cleanup();
 });
+
+async function analysisOf(id: string): Promise<Record<string, unknown>> {
+  for (let i = 0; i < 600; i++) {
+    const res = await t.http().get(`/v1/models/${id}`).set(t.authA);
+    assert.equal(res.status, 200);
+    if (res.body.analysis !== 'pending') return res.body as Record<string, unknown>;
+    await sleep(100);
+  }
+  throw new Error(`the analysis of model ${id} stayed pending for a minute`);
+}
 
 describe('totalsFromAnalysis', () => {
   test('reads the plan totals of analyze --json and the flat form', () => {
@@ -30,50 +41,59 @@ describe('totalsFromAnalysis', () => {
   });
 });
 
-describe('ModelAnalyzer', () => {
-  async function modelRow(): Promise<{ id: string; path: string }> {
+describe('upload analysis on the workers', () => {
+  test('the upload answers `pending`; a worker fills params and MACs from the engine', { timeout: 120_000 }, async () => {
     const res = await t.http().post('/v1/models').set(t.authA).attach('file', fx.tiny);
-    const row = await t.env.prisma.onnxModel.findUniqueOrThrow({ where: { id: res.body.id } });
-    return { id: row.id, path: new FileStore(t.env.config.storageDir).pathFor(row.storageKey) };
-  }
-
-  test('fills params and MACs from the engine', async () => {
-    const { id, path } = await modelRow();
-    await t.env.prisma.onnxModel.update({ where: { id }, data: { params: null, macs: null } });
-    const analyzer = new ModelAnalyzer(t.env.config, t.env.prisma, pino({ level: 'silent' }));
-    await analyzer.schedule(id, path);
-    await analyzer.close();
-    const row = await t.env.prisma.onnxModel.findUniqueOrThrow({ where: { id } });
-    assert.equal(row.params, 314n);
-    // conv1: 8 out × (3·3·3) × 16·16 positions = 55296; fc: 8·10 = 80
-    assert.equal(row.macs, 55296n + 80n);
-    const api = await t.http().get(`/v1/models/${id}`).set(t.authA);
-    assert.equal(api.body.macs, 55376);
+    assert.equal(res.status, 201);
+    assert.equal(res.body.analysis, 'pending');
+    assert.equal(res.body.macs, null);
+    const worker = await startWorker(t.env.config, { logger: pino({ level: 'silent' }), measure: null });
+    try {
+      const model = await analysisOf(res.body.id);
+      assert.equal(model.analysis, 'done');
+      assert.equal(model.params, 314);
+      // conv1: 8 out × (3·3·3) × 16·16 positions = 55296; fc: 8·10 = 80
+      assert.equal(model.macs, 55296 + 80);
+    } finally {
+      await worker.close();
+    }
   });
 
-  test('a failing engine leaves the row as it was and logs a warning', async () => {
-    const { id, path } = await modelRow();
-    const before = await t.env.prisma.onnxModel.findUniqueOrThrow({ where: { id } });
-    const warnings: string[] = [];
-    const logger = pino({ level: 'warn' }, { write: (line: string) => warnings.push(line) });
-    const analyzer = new ModelAnalyzer({ ...t.env.config, enginePython: '/nonexistent/python3' }, t.env.prisma, logger);
-    await analyzer.schedule(id, path);
-    await analyzer.close();
-    assert.deepEqual(await t.env.prisma.onnxModel.findUniqueOrThrow({ where: { id } }), before);
-    assert.ok(warnings.some((w) => w.includes('model analysis failed') && w.includes(id)));
-  });
-
-  test('close() kills a running analysis instead of waiting for it', { timeout: 30_000 }, async () => {
-    const { id, path } = await modelRow();
-    // An "engine" that never finishes: if close() waited for it, this test would hit its timeout.
-    const fakePython = join(fx.dir, 'python-that-hangs');
-    await writeFile(fakePython, '#!/bin/sh\nexec sleep 600\n');
+  test('an engine refusal marks the analysis failed at once, with its public detail and no retry', { timeout: 120_000 }, async () => {
+    // An "engine" that refuses like the real one (C2 error event, exit 2), naming a server path.
+    const fakePython = join(fx.dir, 'python-that-refuses');
+    await writeFile(
+      fakePython,
+      '#!/bin/sh\necho "$@" >> "$0.calls"\n' +
+        `echo '{"event":"error","code":"invalid_model","detail":"no graph in /srv/private/x/model.onnx"}'\nexit 2\n`,
+    );
     await chmod(fakePython, 0o755);
-    const before = await t.env.prisma.onnxModel.findUniqueOrThrow({ where: { id } });
-    const analyzer = new ModelAnalyzer({ ...t.env.config, enginePython: fakePython }, t.env.prisma, pino({ level: 'silent' }));
-    const pending = analyzer.schedule(id, path);
-    await analyzer.close();
-    await pending;
-    assert.deepEqual(await t.env.prisma.onnxModel.findUniqueOrThrow({ where: { id } }), before);
+    const res = await t.http().post('/v1/models').set(t.authA).attach('file', fx.tiny2);
+    assert.equal(res.status, 201);
+    let worker: RunningWorker | undefined;
+    try {
+      worker = await startWorker({ ...t.env.config, enginePython: fakePython }, { logger: pino({ level: 'silent' }), measure: null });
+      const model = await analysisOf(res.body.id);
+      assert.equal(model.analysis, 'failed');
+      assert.equal(model.macs, null);
+      const row = await t.env.prisma.onnxModel.findUniqueOrThrow({ where: { id: res.body.id } });
+      assert.equal(row.analysisError, 'no graph in model.onnx');
+      const { readFile } = await import('node:fs/promises');
+      const calls = (await readFile(`${fakePython}.calls`, 'utf8')).trim().split('\n');
+      assert.equal(calls.length, 1, 'bad input is not retried');
+      assert.match(calls[0]!, /^-m tuckerize analyze \S+model\.onnx --json$/);
+    } finally {
+      await worker?.close();
+    }
+  });
+
+  test('the API process itself never starts the engine', async () => {
+    const { readFile, readdir } = await import('node:fs/promises');
+    const dir = new URL('../src/api/', import.meta.url);
+    const files = await readdir(dir, { recursive: true });
+    for (const file of files.filter((f) => f.endsWith('.ts'))) {
+      const text = await readFile(new URL(file, dir), 'utf8');
+      assert.doesNotMatch(text, /child_process/, `src/api/${file} imports child_process`);
+    }
   });
 });

@@ -19,7 +19,7 @@ import { createPrisma, type PrismaClient } from '../db/client.js';
 import { isTerminal, JobStates } from '../jobs/state.js';
 import { createServiceMetrics, instrumentHttp, type ServiceMetrics } from '../ops/metrics.js';
 import { FairDispatcher } from '../queue/fair.js';
-import { createCompressionQueue, type CompressionJobData } from '../queue/index.js';
+import { createAnalysisQueue, createCompressionQueue, type CompressionJobData } from '../queue/index.js';
 import { createStore, type ArtifactStore } from '../store/index.js';
 import { Authenticator } from './auth.js';
 import type { AppContext } from './context.js';
@@ -49,7 +49,7 @@ export interface AppDeps {
   metrics?: ServiceMetrics;
   /** where the log goes (default stdout): tests read it to check what is and is not logged */
   logStream?: { write(line: string): void };
-  /** run the engine's `analyze --json` after each model upload to fill params/MACs (default true) */
+  /** queue the engine analysis (params/MACs, run by a worker) after each model upload (default true) */
   analyzeModels?: boolean;
 }
 
@@ -113,7 +113,13 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   const events = new JobEventHub(config.redisUrl, config.queuePrefix, config.sseMaxStreamsPerTenant, (err) =>
     app.log.warn({ err: err.message }, 'job events subscription error'),
   );
-  const analyzer = deps.analyzeModels === false ? null : new ModelAnalyzer(config, prisma, app.log);
+  let analyzer: ModelAnalyzer | null = null;
+  if (deps.analyzeModels !== false) {
+    const analysisQueue = createAnalysisQueue({ url: config.redisUrl, maxRetriesPerRequest: 1, connectTimeout: 2000 }, config.queuePrefix);
+    analysisQueue.on('error', (err) => app.log.warn({ err: err.message }, 'analysis queue connection error'));
+    owned.push(() => analysisQueue.close());
+    analyzer = new ModelAnalyzer(analysisQueue, app.log);
+  }
   const metrics =
     deps.metrics ??
     createServiceMetrics({
@@ -160,7 +166,6 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     reply.header('x-request-id', request.id);
   });
   app.addHook('onClose', async () => {
-    await analyzer?.close();
     await events.close();
     // Close in reverse order of creation; one failure must not leave the others open.
     const results = await Promise.allSettled(owned.reverse().map((close) => close()));

@@ -35,6 +35,7 @@ export const modelExample = example(ModelSchema, {
   outputs: [{ name: 'logits', type: 'float32', dims: ['N', 1000] }],
   params: 11_689_512,
   macs: 1_814_073_344,
+  analysis: 'done',
   createdAt: '2026-11-29T12:00:00.000Z',
 });
 

@@ -74,6 +74,9 @@ export const ModelSchema = z
     macs: int64()
       .nullable()
       .describe('multiply-accumulates per inference at the model input size; null until the engine analysis has run (or when it failed)'),
+    analysis: z
+      .enum(['pending', 'done', 'failed'])
+      .describe('the engine analysis a worker runs after the upload: `pending` until it fills `params` and `macs` (`done`), or gives up (`failed`)'),
     createdAt: z.iso.datetime(),
   })
   .meta({ id: 'Model' });

@@ -3,7 +3,7 @@
 // startup (and may call it periodically) to put such jobs back on the queue.
 import type { Queue } from 'bullmq';
 import { ACTIVE_STATUSES } from '../jobs/state.js';
-import { enqueueCompressionJob, type CompressionJobData } from '../queue/index.js';
+import { enqueueAnalysis, enqueueCompressionJob, type AnalysisJobData, type CompressionJobData } from '../queue/index.js';
 import type { PrismaClient } from './client.js';
 
 export interface RequeueResult {
@@ -52,4 +52,34 @@ export async function requeueOrphans(
     cursor = rows[rows.length - 1]?.id;
   }
   return result;
+}
+
+/**
+ * The same for upload analyses: models still `pending` whose analysis job BullMQ lost (Redis restart) or
+ * never got (the API's enqueue failed) are enqueued again. Returns the model ids.
+ */
+export async function requeuePendingAnalyses(
+  prisma: PrismaClient,
+  queue: Queue<AnalysisJobData>,
+  options: { olderThanMs?: number; batchSize?: number } = {},
+): Promise<string[]> {
+  const olderThan = new Date(Date.now() - (options.olderThanMs ?? 0));
+  const rows = await prisma.onnxModel.findMany({
+    where: { analysis: 'pending', createdAt: { lte: olderThan } },
+    select: { id: true },
+    orderBy: { createdAt: 'asc' },
+    take: options.batchSize ?? 500,
+  });
+  const requeued: string[] = [];
+  for (const row of rows) {
+    const existing = await queue.getJob(row.id);
+    if (existing) {
+      const state = await existing.getState();
+      if (state !== 'completed' && state !== 'failed') continue;
+      await existing.remove();
+    }
+    await enqueueAnalysis(queue, row.id);
+    requeued.push(row.id);
+  }
+  return requeued;
 }

@@ -55,3 +55,26 @@ export interface Publisher {
 export async function publishCancel(redis: Publisher, prefix: string, jobId: string): Promise<void> {
   await redis.publish(cancelChannel(prefix), jobId);
 }
+
+/** Upload analysis (params, MACs, input shapes by the engine): a queue of its own, run by the workers. */
+export const ANALYSIS_QUEUE = 'model-analysis';
+
+export interface AnalysisJobData {
+  modelId: string;
+}
+
+export const analysisJobOptions: JobsOptions = {
+  attempts: 3,
+  backoff: { type: 'exponential', delay: 2000 },
+  removeOnComplete: { count: 1000 },
+  removeOnFail: { count: 5000 },
+};
+
+export function createAnalysisQueue(connection: ConnectionOptions, prefix: string): Queue<AnalysisJobData> {
+  return new Queue<AnalysisJobData>(ANALYSIS_QUEUE, { connection, prefix, defaultJobOptions: analysisJobOptions });
+}
+
+/** One analysis per model: the BullMQ job id is the model's id, so a second enqueue is a no-op. */
+export async function enqueueAnalysis(queue: Queue<AnalysisJobData>, modelId: string): Promise<void> {
+  await queue.add('analyze', { modelId }, { jobId: modelId });
+}

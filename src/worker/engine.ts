@@ -102,7 +102,7 @@ export function publicText(text: string): string {
 }
 
 /** What allocation failure looks like from Python, from C++ (torch, onnx) and from the dynamic loader. */
-const OUT_OF_MEMORY = /\bMemoryError\b|std::bad_alloc|can't allocate memory|Cannot allocate memory|out of memory|failed to map segment/i;
+const OUT_OF_MEMORY = /MemoryError|std::bad_alloc|can't allocate memory|Cannot allocate memory|out of memory|failed to map segment/i;
 
 /** True when the engine died of memory exhaustion rather than of a bug. */
 export function ranOutOfMemory(exit: EngineExit): boolean {

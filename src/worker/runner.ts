@@ -12,10 +12,13 @@ import { createPrisma, type PrismaClient } from '../db/client.js';
 import { migrate } from '../db/migrate.js';
 import { ACTIVE_STATUSES, JobStates } from '../jobs/state.js';
 import { CancelBus } from '../queue/cancel.js';
-import { requeueOrphans } from '../db/reconcile.js';
-import { COMPRESSION_QUEUE, createCompressionQueue, type CompressionJobData } from '../queue/index.js';
+import { requeueOrphans, requeuePendingAnalyses } from '../db/reconcile.js';
+import {
+  ANALYSIS_QUEUE, COMPRESSION_QUEUE, createAnalysisQueue, createCompressionQueue, type AnalysisJobData, type CompressionJobData,
+} from '../queue/index.js';
 import { createStore } from '../store/index.js';
 import { createWebhookQueue, startDeliveryWorker, webhookTerminalHook } from '../webhooks/deliveries.js';
+import { createAnalysisProcessor, type ModelTotals } from './analysis.js';
 import { createJobProcessor, markFailedIfUnfinished, type JobOutcome, type MeasureFn, type ProcessorDeps } from './jobs.js';
 
 export interface StartWorkerOptions {
@@ -109,11 +112,15 @@ export async function startWorker(config: Config, options: StartWorkerOptions = 
   jobs.onTerminal(webhookTerminalHook(webhookQueue, logger));
   const webhooks = startDeliveryWorker({ prisma, connection, prefix: config.queuePrefix, config: config.webhooks, logger, queue: webhookQueue });
 
+  const analysisQueue = createAnalysisQueue(connection, config.queuePrefix);
+
   await sweepJobDirs(prisma, config.workDir, logger);
   await store.cleanupTemp(TEMP_MAX_AGE_MS);
   const reconcile = async (): Promise<void> => {
     const result = await requeueOrphans(prisma, producer, { olderThanMs: ORPHAN_MIN_AGE_MS });
     if (result.requeued.length > 0) logger.warn({ requeued: result.requeued }, 'requeued jobs missing from Redis');
+    const analyses = await requeuePendingAnalyses(prisma, analysisQueue, { olderThanMs: ORPHAN_MIN_AGE_MS });
+    if (analyses.length > 0) logger.warn({ models: analyses }, 'requeued model analyses missing from Redis');
   };
   await reconcile();
   const reconcileTimer = setInterval(() => {
@@ -157,6 +164,16 @@ export async function startWorker(config: Config, options: StartWorkerOptions = 
       .catch((e: unknown) => logger.error({ jobId: job.data.jobId, err: e }, 'could not reconcile a failed job'));
   });
   worker.on('error', (err) => logger.error({ err }, 'worker error'));
+
+  // Upload analyses: one at a time per worker process (each imports torch), beside the compression jobs.
+  const closingAnalyses = new AbortController();
+  const analysisWorker = new Worker<AnalysisJobData, ModelTotals | null>(
+    ANALYSIS_QUEUE,
+    createAnalysisProcessor({ config, prisma, store, logger, signal: closingAnalyses.signal }),
+    { connection, prefix: config.queuePrefix, concurrency: 1 },
+  );
+  analysisWorker.on('error', (err) => logger.error({ err }, 'analysis worker error'));
+  await analysisWorker.waitUntilReady();
   // A stalled job's worker died (or blocked its event loop); BullMQ hands the job to a worker again.
   worker.on('stalled', (jobId) => logger.warn({ jobId }, 'job stalled; BullMQ moves it back to the queue'));
   await worker.waitUntilReady();
@@ -166,7 +183,9 @@ export async function startWorker(config: Config, options: StartWorkerOptions = 
   const close = (): Promise<void> => {
     closing ??= (async () => {
       clearInterval(reconcileTimer);
-      await worker.close();
+      closingAnalyses.abort();
+      await Promise.all([worker.close(), analysisWorker.close()]);
+      await analysisQueue.close();
       await webhooks.close();
       await webhookQueue.close();
       await producer.close();

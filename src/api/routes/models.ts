@@ -25,6 +25,7 @@ export function modelView(model: OnnxModel) {
     outputs: (model.outputs as unknown as TensorInfo[]).map(publicTensor),
     params: model.params === null ? null : Number(model.params),
     macs: model.macs === null ? null : Number(model.macs),
+    analysis: model.analysis,
     createdAt: model.createdAt.toISOString(),
   };
 }
@@ -93,7 +94,7 @@ export const modelRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (ap
         return reply.code(200).header('location', `/v1/models/${raced.id}`).send(modelView(raced));
       }
       request.log.info({ modelId: model.id, bytes: upload.stored.bytes, opset: inspection.summary.opset, ops: inspection.summary.opCounts }, 'model uploaded');
-      void ctx.analyzer?.schedule(model.id, modelFile);
+      await ctx.analyzer?.schedule(model.id);
       return reply.code(201).header('location', `/v1/models/${model.id}`).send(modelView(model));
     },
   );
