@@ -245,12 +245,8 @@ export async function checkTenantQuotas(
     );
   }
   const since = new Date(now.getTime() - HOUR_MS);
-  const recent = await prisma.job.findMany({
-    where: { tenantId, createdAt: { gt: since }, estimatedComputeSeconds: { gt: 0 } },
-    select: { createdAt: true, estimatedComputeSeconds: true },
-    orderBy: { createdAt: 'asc' },
-  });
-  const total = recent.reduce((sum, job) => sum + (job.estimatedComputeSeconds ?? 0), 0);
+  const window = { tenantId, createdAt: { gt: since }, estimatedComputeSeconds: { gt: 0 } };
+  const total = (await prisma.job.aggregate({ where: window, _sum: { estimatedComputeSeconds: true } }))._sum.estimatedComputeSeconds ?? 0;
   if (total + estimate.computeSeconds <= quotas.maxComputeSecondsPerHour) return;
   if (estimate.computeSeconds > quotas.maxComputeSecondsPerHour) {
     throw new UnprocessableError(
@@ -259,6 +255,7 @@ export async function checkTenantQuotas(
     );
   }
   // The earliest moment when the jobs that have left the window make room for this one.
+  const recent = await prisma.job.findMany({ where: window, select: { createdAt: true, estimatedComputeSeconds: true }, orderBy: { createdAt: 'asc' } });
   let used = total;
   let retryAt = now.getTime();
   for (const job of recent) {

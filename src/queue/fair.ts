@@ -19,7 +19,12 @@ import { enqueueCompressionJob, type CompressionJobData } from './index.js';
 export const HOLD_MS = 6 * 3600_000;
 const LOCK_TTL_MS = 5000;
 const LOCK_WAIT_MS = 3000;
-const LOCK_RETRY_MS = 20;
+const LOCK_RETRY_MS = 5;
+/**
+ * Far below the limit the decision cannot change however many of the tenant's requests race (fewer than
+ * this many at once), so no lock is taken: a tenant with a high limit does not serialise its job creation.
+ */
+const LOCK_FREE_MARGIN = 64;
 /** Compare-and-delete: a lock is released only by its holder. */
 const UNLOCK_SCRIPT = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
@@ -40,6 +45,10 @@ export class FairDispatcher {
 
   /** Adds a new job (its row already `queued`) to BullMQ, runnable or held. */
   async enqueue(data: CompressionJobData): Promise<Dispatch> {
+    if ((await this.tally(data.tenantId, data.jobId)).runnable + LOCK_FREE_MARGIN < this.maxRunningPerTenant) {
+      await enqueueCompressionJob(this.queue, data);
+      return 'dispatched';
+    }
     return this.withTenantLock(data.tenantId, async () => {
       const { runnable } = await this.tally(data.tenantId, data.jobId);
       if (runnable < this.maxRunningPerTenant) {
@@ -89,16 +98,18 @@ export class FairDispatcher {
    * finished (canceled while held) are dropped from the set.
    */
   private async tally(tenantId: string, excludeJobId?: string): Promise<{ runnable: number; held: string[] }> {
-    const [rows, heldIds] = await Promise.all([
-      this.prisma.job.findMany({ where: { tenantId, status: { in: ['queued', 'running'] } }, select: { id: true } }),
+    const active = { in: ['queued' as const, 'running' as const] };
+    const [unfinished, heldIds] = await Promise.all([
+      this.prisma.job.count({ where: { tenantId, status: active, ...(excludeJobId ? { id: { not: excludeJobId } } : {}) } }),
       this.redis.zrange(this.heldKey(tenantId), '0', '-1'),
     ]);
-    const unfinished = new Set(rows.map((row) => row.id));
-    if (excludeJobId) unfinished.delete(excludeJobId);
-    const stale = heldIds.filter((id) => !unfinished.has(id));
+    if (heldIds.length === 0) return { runnable: unfinished, held: [] };
+    const stillHeld = await this.prisma.job.findMany({ where: { id: { in: heldIds }, tenantId, status: active }, select: { id: true } });
+    const alive = new Set(stillHeld.map((row) => row.id));
+    const stale = heldIds.filter((id) => !alive.has(id));
     if (stale.length > 0) await this.redis.zrem(this.heldKey(tenantId), ...stale);
-    const held = heldIds.filter((id) => unfinished.has(id));
-    return { runnable: unfinished.size - held.length, held };
+    const held = heldIds.filter((id) => alive.has(id) && id !== excludeJobId);
+    return { runnable: unfinished - held.length, held };
   }
 
   private async withTenantLock<T>(tenantId: string, work: () => Promise<T>): Promise<T> {
