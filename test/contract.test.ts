@@ -16,7 +16,7 @@ import {
   MAX_OPSET,
   MIN_OPSET,
 } from '../src/contract/engine.js';
-import { findEngineError } from '../src/contract/engine-events.js';
+import { findEngineError, reachableTargets } from '../src/contract/engine-events.js';
 import {
   ENGINE_CONSTANTS_FILE,
   ENGINE_PYTHON,
@@ -200,4 +200,13 @@ test('findEngineError takes the last error line and ignores other output', () =>
   assert.deepEqual(findEngineError(stdout), error);
   assert.equal(findEngineError('{"event":"error","code":"no_such_code","detail":"x"}\n'), null);
   assert.equal(findEngineError(''), null);
+});
+
+test('an unreachable budget carries the reachable targets as numbers', () => {
+  const event = findEngineError(
+    JSON.stringify({ event: 'error', code: 'target_unreachable', detail: 'x', field: 'targetMacs', data: { nearest: [0.31, 0.36] } }),
+  )!;
+  assert.deepEqual(reachableTargets(event), { nearest: [0.31, 0.36] });
+  assert.equal(reachableTargets({ event: 'error', code: 'invalid_option', detail: 'x' }), null);
+  assert.equal(reachableTargets({ event: 'error', code: 'target_unreachable', detail: 'x', data: { range: 'wide' } }), null);
 });

@@ -14,7 +14,10 @@ def test_input_error_event_carries_code_field_and_node():
     assert error_event(exc) == {"event": "error", "code": "invalid_option", "field": "finetune.lr",
                                 "detail": "options.finetune.lr must be a number in (0.0, 10.0], got 50"}
     event = error_event(EngineInputError("node 'conv1' has a dynamic weight", code="invalid_model", node="conv1"))
-    assert event["node"] == "conv1" and "field" not in event
+    assert event["node"] == "conv1" and "field" not in event and "data" not in event
+    event = error_event(EngineInputError("target macs ratio 0.01 is unreachable", code="target_unreachable",
+                                         field="targetMacs", data={"range": [0.05, 1.0]}))
+    assert event["data"] == {"range": [0.05, 1.0]} and event["field"] == "targetMacs"
     json.dumps(event, allow_nan=False)
 
 

@@ -3,12 +3,13 @@
 Before a non-zero exit the engine prints one JSON line on stdout:
 
   {"event": "error", "code": "<snake_case>", "detail": "<what was wrong and what to do>",
-   "field": "<option path such as finetune.lr>", "node": "<ONNX node>"}
+   "field": "<option path such as finetune.lr>", "node": "<ONNX node>", "data": {...}}
 
-`field` and `node` appear only when known. Exit 2 (bad input, EngineInputError) is never worth
-retrying; exit 1 (code internal_error) is a bug or a crash and the worker retries it. `detail` is
-shown to users: absolute paths are reduced to their last component and C++ source locations are
-dropped, so no server path leaks through it.
+`field` and `node` appear only when known; `data` carries numbers a program acts on, for the codes
+whose description in ERROR_CODES names them (so no one parses `detail`). Exit 2 (bad input,
+EngineInputError) is never worth retrying; exit 1 (code internal_error) is a bug or a crash and the
+worker retries it. `detail` is shown to users: absolute paths are reduced to their last component
+and C++ source locations are dropped, so no server path leaks through it.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ ERROR_CODES = {
     "invalid_model": "the model cannot be read, or its graph cannot be analyzed or rewritten",
     "invalid_dataset": "the dataset cannot be read or does not fit the model",
     "invalid_latency_table": "the worker's latency-table.json is missing or malformed",
+    "target_unreachable": "the model's ranks cannot reach targetMacs/targetParams; data holds the reachable range "
+                          "[low, high] or the two nearest achievable ratios",
     "finetune_failed": "fine-tuning could not run or diverged",
     "numeric_failure": "the compressed model produced NaN or Inf",
     "internal_error": "a bug or a crash in the engine (exit 1; the worker retries the job)",
@@ -36,15 +39,16 @@ class EngineInputError(ValueError):
     """The input (model, dataset, options) cannot be processed; retrying will not help.
 
     Messages name the node/op/value at fault and say what to do. `code` is one of ERROR_CODES;
-    `field` the option path at fault (finetune.lr), `node` the ONNX node at fault.
+    `field` the option path at fault (finetune.lr), `node` the ONNX node at fault, `data` numbers a
+    program acts on (ERROR_CODES says which codes carry what).
     """
 
     def __init__(self, message: str, *, code: str = DEFAULT_CODE, field: Optional[str] = None,
-                 node: Optional[str] = None):
+                 node: Optional[str] = None, data: Optional[dict] = None):
         if code not in ERROR_CODES:
             raise ValueError(f"unknown engine error code {code!r}")
         super().__init__(message)
-        self.code, self.field, self.node = code, field, node
+        self.code, self.field, self.node, self.data = code, field, node, data
 
 
 @contextmanager
@@ -101,6 +105,8 @@ def error_event(exc: BaseException) -> dict:
             event["field"] = exc.field
         if exc.node:
             event["node"] = exc.node
+        if exc.data:
+            event["data"] = exc.data
         return event
     return {"event": "error", "code": "internal_error",
             "detail": f"the engine failed unexpectedly ({type(exc).__name__}); the job is retried, and the worker "

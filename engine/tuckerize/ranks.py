@@ -39,6 +39,8 @@ Ranks = tuple[int, ...]
 Cost = tuple[int, int]          # (params, macs)
 
 _KINDS = ("params", "macs")
+# The job option each budget kind comes from, named in the error event of an unreachable target.
+_TARGET_FIELDS = {"params": "targetParams", "macs": "targetMacs"}
 _BISECTION_STEPS = 60
 _T_MAX = 2.0
 
@@ -311,7 +313,8 @@ def _solve_budget(layers: list[RankCandidate], target_ratio: float, kind: str,
         raise EngineInputError(
             f"target {kind} ratio {target_ratio:g} is unreachable: this model's reachable range is "
             f"[{lo[0]:.4g}, {hi[0]:.4g}] (all ranks 1 .. full ranks; {untouched[k] / before[k]:.1%} of its "
-            f"{kind} is outside decomposable layers); choose a target in that range")
+            f"{kind} is outside decomposable layers); choose a target in that range",
+            code="target_unreachable", field=_TARGET_FIELDS[kind], data={"range": [float(lo[0]), float(hi[0])]})
     # Bisect to the step of the family that crosses the target (ratio(hi_t) > target >= ratio(lo_t)),
     # then take the closer side: the answer is as near the target as the family allows.
     if hi[0] > target_ratio >= lo[0]:
@@ -347,6 +350,7 @@ def _solve_budget(layers: list[RankCandidate], target_ratio: float, kind: str,
             raise EngineInputError(
                 f"target {kind} ratio {target_ratio:g} cannot be hit within {tol:.0%}: the nearest achievable "
                 f"ratios are {lo[0]:.4g} and {hi[0]:.4g} (single layers' rank steps are too coarse); "
-                "choose another target or a smaller roundTo")
+                "choose another target or a smaller roundTo",
+                code="target_unreachable", field=_TARGET_FIELDS[kind], data={"nearest": [float(lo[0]), float(hi[0])]})
         chosen, ratio, decided, total = best
     return solution(lo_t, ratio, decided, total)

@@ -26,6 +26,7 @@ export const ENGINE_ERROR_CODES = {
   invalid_model: "the model cannot be read, or its graph cannot be analyzed or rewritten",
   invalid_dataset: "the dataset cannot be read or does not fit the model",
   invalid_latency_table: "the worker's latency-table.json is missing or malformed",
+  target_unreachable: "the model's ranks cannot reach targetMacs/targetParams; data holds the reachable range [low, high] or the two nearest achievable ratios",
   finetune_failed: "fine-tuning could not run or diverged",
   numeric_failure: "the compressed model produced NaN or Inf",
   internal_error: "a bug or a crash in the engine (exit 1; the worker retries the job)",
