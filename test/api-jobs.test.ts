@@ -94,7 +94,7 @@ describe('POST /v1/jobs', () => {
     ['modelId not a uuid', { modelId: 'abc' }, /modelId must be the id of an uploaded model/],
     ['no modelId', {}, /modelId/],
     ['an unknown builtin dataset', { modelId: 'M', datasetId: 'builtin:imagenet' }, /datasetId must be a dataset id/],
-    ['options not an object', { modelId: 'M', options: 'fast' }, /body\/options/],
+    ['options not an object', { modelId: 'M', options: 'fast' }, /request body at \/options/],
   ];
   for (const [what, body, detail] of invalid) {
     test(`400 for ${what}`, async () => {
@@ -206,7 +206,7 @@ describe('GET /v1/jobs and /v1/jobs/:id', () => {
     assert.equal(page2.body.items[0].id, ids[0]);
     const theirs = await t.http().get('/v1/jobs?limit=100').set(t.authB);
     assert.equal(theirs.body.items.some((j: { id: string }) => ids.includes(j.id)), false);
-    assertProblem(await t.http().get('/v1/jobs?status=done').set(t.authA), 400, /querystring\/status/);
+    assertProblem(await t.http().get('/v1/jobs?status=done').set(t.authA), 400, /query string at \/status/);
   });
 });
 

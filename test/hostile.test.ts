@@ -235,7 +235,7 @@ describe('hostile requests through HTTP', () => {
       assert.match(String(res.headers['content-type']), /^application\/problem\+json/);
       const body = res.body as { type: string; title: string; status: number; detail: string };
       assert.equal(body.status, c.status);
-      assert.equal(body.type, `https://tuckerize.dev/problems/${c.type}`);
+      assert.equal(body.type, `https://tuckerize.dev/problems/${c.type.replaceAll('_', '-')}`);
       assert.ok(body.title.length > 0);
       assert.match(body.detail, c.detail);
       assert.doesNotMatch(JSON.stringify(body), /at .*\.(ts|js):\d+/, 'no stack trace in the response');

@@ -34,6 +34,7 @@ import { reportPageRoutes } from './routes/report-page.js';
 import { modelRoutes } from './routes/models.js';
 import { registerAdmin } from './routes/admin.js';
 import { opsRoutes } from './routes/ops.js';
+import { problemRoutes } from './routes/problems.js';
 import { statsRoutes } from './routes/stats.js';
 import { webhookRoutes } from './routes/webhooks.js';
 import { createWebhookQueue, webhookTerminalHook } from '../webhooks/deliveries.js';
@@ -214,6 +215,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
 
   app.decorateRequest('principal', null);
   await app.register(opsRoutes, { ctx, metrics: metrics.registry });
+  await app.register(problemRoutes);
   if (config.adminKey) await registerAdmin(app, ctx, config.adminKey);
   await app.register(async (v1) => {
     v1.addHook('onRequest', async (request, reply) => {

@@ -7,10 +7,13 @@ import { InputRejected } from '../security/index.js';
 import { PayloadTooLargeError } from '../store/artifacts.js';
 
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
-const TYPE_BASE = 'https://tuckerize.dev/problems/';
+/** Each problem type is documented at GET /problems/<slug> (src/api/problem-types.ts). */
+export const TYPE_BASE = 'https://tuckerize.dev/problems/';
 
 export interface FieldError {
-  /** JSON-pointer-like location, e.g. body/options/ratio */
+  /** which part of the request the pointer is into */
+  in: 'body' | 'query' | 'path' | 'header';
+  /** RFC 6901 JSON Pointer into that part (query, path and headers read as one JSON object each): `/options/ratio` */
   pointer: string;
   detail: string;
 }
@@ -90,7 +93,8 @@ export function sendProblem(reply: FastifyReply, problem: Problem): FastifyReply
 
 function problemOf(error: ApiError, instance: string): Problem {
   const problem: Problem = {
-    type: TYPE_BASE + error.slug,
+    // One naming style for every type: kebab-case (the inspectors' codes are snake_case identifiers).
+    type: TYPE_BASE + error.slug.replaceAll('_', '-'),
     title: error.title,
     status: error.status,
     detail: error.message,
@@ -124,14 +128,20 @@ function isRedisUnavailable(error: unknown): boolean {
 export function toApiError(error: unknown): ApiError | undefined {
   if (error instanceof ApiError) return error;
   if (hasZodFastifySchemaValidationErrors(error)) {
-    const where = (error as { validationContext?: string }).validationContext ?? 'request';
-    const errors: FieldError[] = error.validation.map((issue) => {
-      const path = issue.instancePath.replace(/^\//, '');
-      return { pointer: path ? `${where}/${path}` : where, detail: issue.message ?? 'invalid value' };
+    const where = (error as { validationContext?: string }).validationContext ?? 'body';
+    const part = ({ body: 'body', querystring: 'query', params: 'path', headers: 'header' } as const)[where] ?? 'body';
+    // instancePath is `/` + the zod path joined by `/`: an RFC 6901 pointer except for the whole part (`/` → '');
+    // an unknown key is pointed at itself.
+    const errors: FieldError[] = error.validation.flatMap((issue) => {
+      const pointer = issue.instancePath === '/' ? '' : issue.instancePath;
+      const detail = issue.message ?? 'invalid value';
+      const unknownKeys = issue.keyword === 'unrecognized_keys' ? (issue.params as { keys?: unknown }).keys : undefined;
+      if (!Array.isArray(unknownKeys) || unknownKeys.length === 0) return [{ in: part, pointer, detail }];
+      return unknownKeys.map((key) => ({ in: part, pointer: `${pointer}/${String(key).replaceAll('~', '~0').replaceAll('/', '~1')}`, detail }));
     });
-    const summary = errors.map((e) => `${e.pointer}: ${e.detail}`).join('; ');
-    const label = { body: 'request body', querystring: 'query string', params: 'path', headers: 'headers' }[where] ?? where;
-    return new BadRequestError(`invalid ${label}: ${summary}`, errors);
+    const summary = errors.map((e) => `${e.pointer || '(the whole ' + part + ')'}: ${e.detail}`).join('; ');
+    const label = { body: 'request body', query: 'query string', path: 'path', header: 'headers' }[part];
+    return new BadRequestError(`invalid ${label} at ${summary}`, errors);
   }
   if (error instanceof InputRejected) {
     return new ApiError(422, error.code, 'Unprocessable content', error.detail);
@@ -184,6 +194,7 @@ export function registerErrorHandlers(app: FastifyInstance): void {
       else request.log.info({ status: apiError.status, detail: apiError.message }, 'request refused');
       // A request cut for a timeout still has unread body bytes: the connection cannot be reused.
       if (apiError.status === 408) reply.header('connection', 'close');
+      if (apiError.status === 401) reply.header('www-authenticate', 'Bearer realm="tuckerize"');
       const retryAfter = (apiError as { retryAfterSeconds?: unknown }).retryAfterSeconds;
       if (typeof retryAfter === 'number') reply.header('retry-after', String(retryAfter));
       return sendProblem(reply, problemOf(apiError, request.url.split('?')[0] ?? '/'));

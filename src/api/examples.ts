@@ -145,7 +145,7 @@ export const readyExample = example(ReadySchema, { status: 'ready', checks: { po
 /** An example problem+json per status, for responses that have no better one. */
 export function problemExample(status: number): unknown {
   const samples: Record<number, [string, string, string]> = {
-    400: ['bad-request', 'Bad request', 'invalid request body: /options/ratio: ratio must be ≤ 1'],
+    400: ['bad-request', 'Bad request', 'invalid request body at /options/ratio: ratio must be ≤ 1'],
     401: ['unauthorized', 'Unauthorized', 'missing Authorization header; send "Authorization: Bearer <api key>"'],
     404: ['not-found', 'Not found', `job ${JOB_ID} does not exist for this API key's tenant`],
     409: ['conflict', 'Conflict', `job ${JOB_ID} is running and has no report yet; poll GET /v1/jobs/${JOB_ID} until it succeeds`],
@@ -158,6 +158,6 @@ export function problemExample(status: number): unknown {
   };
   const [slug, title, detail] = samples[status] ?? ['internal', 'Internal server error', 'an unexpected error occurred; quote request id 8f1c… when reporting it'];
   const problem = example(ProblemSchema, { type: `https://tuckerize.dev/problems/${slug}`, title, status, detail, instance: `/v1/jobs/${JOB_ID}` });
-  if (status === 400) problem.errors = [{ pointer: '/options/ratio', detail: 'ratio must be ≤ 1' }];
+  if (status === 400) problem.errors = [{ in: 'body', pointer: '/options/ratio', detail: 'ratio must be ≤ 1' }];
   return problem;
 }

@@ -19,7 +19,10 @@ export const int32 = (description?: string) => {
 
 export const FieldErrorSchema = z
   .looseObject({
-    pointer: z.string().describe('RFC 6901 JSON Pointer into the request body (`/options/ratio`), or `#query/limit`, `#path/id`, `#header/idempotency-key` for other parts'),
+    in: z.enum(['body', 'query', 'path', 'header']).describe('the part of the request the pointer is into'),
+    pointer: z
+      .string()
+      .describe('RFC 6901 JSON Pointer into that part, e.g. `/options/ratio` (query, path and headers read as one JSON object each: `/limit`); empty for the whole part'),
     detail: z.string(),
   })
   .meta({ id: 'FieldError' });

@@ -3,6 +3,7 @@ import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import type { Registry } from 'prom-client';
 import type { AppContext } from '../context.js';
 import { ServiceUnavailableError } from '../errors.js';
+import { healthExample, readyExample } from '../examples.js';
 import { HealthSchema, ReadySchema } from '../schemas.js';
 import { problems } from './common.js';
 
@@ -29,7 +30,16 @@ async function timed(name: string, check: () => Promise<unknown>): Promise<{ nam
 export const opsRoutes: FastifyPluginAsyncZod<{ ctx: AppContext; metrics: Registry }> = async (app, { ctx, metrics }) => {
   app.get(
     '/healthz',
-    { schema: { summary: 'Liveness: the process answers', tags: ['ops'], response: { 200: HealthSchema } } },
+    {
+      schema: {
+        operationId: 'getHealth',
+        summary: 'Liveness: the process answers',
+        tags: ['ops'],
+        security: [],
+        response: { 200: HealthSchema },
+        docs: { examples: { 200: healthExample } },
+      },
+    },
     async () => ({ status: 'ok' as const }),
   );
 
@@ -37,9 +47,12 @@ export const opsRoutes: FastifyPluginAsyncZod<{ ctx: AppContext; metrics: Regist
     '/readyz',
     {
       schema: {
+        operationId: 'getReadiness',
         summary: 'Readiness: PostgreSQL and Redis answer',
         tags: ['ops'],
+        security: [],
         response: { 200: ReadySchema, ...problems(503) },
+        docs: { examples: { 200: readyExample } },
       },
     },
     async (request) => {

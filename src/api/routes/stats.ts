@@ -4,22 +4,23 @@ import { z } from 'zod';
 import { computeStats } from '../../ops/stats.js';
 import { principalOf } from '../auth.js';
 import type { AppContext } from '../context.js';
+import { int32, int64 } from '../schemas.js';
 import { AUTH, problems } from './common.js';
 
 const StatsSchema = z
   .object({
     tenantId: z.string().nullable(),
-    windowHours: z.number().int(),
-    from: z.string(),
-    to: z.string(),
+    windowHours: int32(),
+    from: z.iso.datetime().describe('start of the window (whole hours, UTC)'),
+    to: z.iso.datetime().describe('end of the window: the end of the current hour'),
     throughputPerHour: z.array(
-      z.object({ hour: z.string(), succeeded: z.number().int(), failed: z.number().int(), canceled: z.number().int() }),
+      z.object({ hour: z.iso.datetime(), succeeded: int64(), failed: int64(), canceled: int64() }),
     ),
-    finished: z.object({ succeeded: z.number().int(), failed: z.number().int(), canceled: z.number().int() }),
-    pending: z.object({ queued: z.number().int(), running: z.number().int() }),
+    finished: z.object({ succeeded: int64(), failed: int64(), canceled: int64() }),
+    pending: z.object({ queued: int64(), running: int64() }),
     successRate: z.number().nullable().describe('succeeded / (succeeded + failed) in the window'),
     medianCompression: z
-      .object({ macs: z.number().nullable(), params: z.number().nullable(), jobs: z.number().int() })
+      .object({ macs: z.number().nullable(), params: z.number().nullable(), jobs: int64() })
       .describe('medians of before/after ratios over the jobs that succeeded in the window'),
   })
   .meta({ id: 'Stats' });
@@ -29,6 +30,7 @@ export const statsRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (ap
     '/v1/stats',
     {
       schema: {
+        operationId: 'getStats',
         summary: 'Job throughput per hour, success rate and median compression over the last 24 hours',
         tags: ['ops'],
         security: AUTH,
