@@ -93,8 +93,10 @@ export async function receiveUpload(
     };
     part.file.on('error', abort);
     part.file.on('limit', () => abort(new PayloadTooLargeError(limitBytes)));
-    // A body that ended with the part's headers has already failed before we could listen.
+    // A body that arrived in one piece has been parsed before we could listen: it may already have failed
+    // or passed the size limit.
     if (part.file.errored) abort(part.file.errored);
+    if ((part.file as Readable & { truncated?: boolean }).truncated) abort(new PayloadTooLargeError(limitBytes));
     // The store's pipeline reports the error; this keeps one raised after it settled from going uncaught.
     watched.on('error', () => undefined);
     stored = await store.ingestStream(watched, limitBytes);
