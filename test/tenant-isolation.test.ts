@@ -12,7 +12,8 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
-import { estimateJob } from '../src/api/job-limits.js';
+import { redactUrl } from '../src/api/http-limits.js';
+import { estimateJob, ZIP_DECODE_CACHE_BYTES } from '../src/api/job-limits.js';
 import { JobStates } from '../src/jobs/state.js';
 import { COMPRESSION_QUEUE } from '../src/queue/index.js';
 import { assertProblem, startTestApp, storedFiles, type TestApp } from './helpers/app.js';
@@ -359,5 +360,25 @@ describe('the estimate before queueing, the tenant quotas, fair dispatch', () =>
     } finally {
       await quota.close();
     }
+  });
+});
+
+describe('pure parts', () => {
+  test('redactUrl hides credential-like query values and keeps the rest', () => {
+    assert.equal(redactUrl('/v1/jobs?api_key=tk_x&limit=5&token=abc&Access-Token=z'), '/v1/jobs?api_key=[redacted]&limit=5&token=[redacted]&Access-Token=[redacted]');
+    assert.equal(redactUrl('/v1/jobs'), '/v1/jobs');
+  });
+
+  test('a .zip dataset counts at most its decode cache; an .npz its float32 copies', () => {
+    const model = { inputs: [{ dims: ['N', 3, 224, 224] }], params: 1_000_000, macs: 300_000_000, bytes: 4_000_000 };
+    const options = { finetune: { steps: 10 } };
+    const zip = estimateJob({ model, dataset: { format: 'zip', info: { total: 1_000_000 } }, options }, 1e9);
+    assert.equal(zip.datasetBytes, ZIP_DECODE_CACHE_BYTES);
+    const npz = estimateJob({ model, dataset: { format: 'npz', info: { count: 1000, shape: [1000, 3, 224, 224] } }, options }, 1e9);
+    assert.equal(npz.datasetBytes, 2 * 1000 * 3 * 224 * 224 * 4);
+    assert.deepEqual([npz.steps, npz.batchSize, npz.macsPerSample], [10, 64, 300_000_000]);
+    // The model was analysed at 224 x 224; at 448 x 448 its convolutions cost four times as much.
+    const larger = estimateJob({ model, dataset: null, options: { inputShape: [1, 3, 448, 448] } }, 1e9);
+    assert.equal(larger.macsPerSample, 1_200_000_000);
   });
 });
