@@ -71,7 +71,7 @@ const configSchema = z.object({
   UPLOAD_IDLE_TIMEOUT_MS: intFromEnv(30_000, 100),
   SSE_MAX_STREAMS_PER_TENANT: intFromEnv(50, 1),
   JOB_MAX_MEMORY_MB: intFromEnv(8192, 64),
-  JOB_MAX_COMPUTE_SECONDS: intFromEnv(3600, 1),
+  JOB_MAX_COMPUTE_SECONDS: intFromEnv(2 * 3600, 1),
   ENGINE_MACS_PER_SECOND: intFromEnv(3_900_000_000, 1),
   TENANT_MAX_ACTIVE_JOBS: intFromEnv(20, 1),
   TENANT_MAX_RUNNING_JOBS: intFromEnv(1, 1),
