@@ -243,6 +243,7 @@ export function documentHeader(version: string): NonNullable<FastifyDynamicSwagg
       { name: 'datasets', description: 'data for fine-tuning and evaluation' },
       { name: 'jobs', description: 'compression jobs' },
       { name: 'ops', description: 'health, readiness and statistics' },
+      { name: 'webhooks', description: 'signed notifications of finished jobs (Standard Webhooks)' },
     ],
   };
 }
