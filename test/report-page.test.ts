@@ -2,7 +2,7 @@
 // headless Chromium (Debian's chromium, installed by `make test-service`) under the page's own
 // Content-Security-Policy: the Table-1 rows, one pair of MACs bars per layer, one error bar per rewritten
 // layer, one point per trade-off candidate, no CSP violation and nothing a report string could inject.
-// The report is a real engine report (test/fixtures/report/README.md says which run).
+// The report is a real one: a DEMO_QUICK=1 service run on fmnist-vgg (test/fixtures/report/README.md).
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -97,10 +97,12 @@ test('the page renders in Chromium under its CSP: Table 1, a bar pair per layer,
   assert.equal(occurrences(dom, /<circle [^>]*class="tradeoff-point/), tradeoff.length);
   assert.equal(occurrences(dom, /class="tradeoff-point chosen"/), 1);
   const table = dom.slice(dom.indexOf('<table id="table1"'), dom.indexOf('</table>'));
-  for (const row of ['Weights', 'MACs per image', 'Top-1 accuracy', 'Latency, batch 1 (ms)', 'Energy, estimated (mJ)']) assert.match(table, new RegExp(`<td>${row.replace(/[()]/g, '\\$&')}</td>`));
+  for (const row of ['Weights', 'MACs per image', 'Top-1 accuracy', 'Top-1 before fine-tuning', 'Latency, batch 1 (ms)', 'Energy, estimated (mJ)']) assert.match(table, new RegExp(`<td>${row.replace(/[()]/g, '\\$&')}</td>`));
   // The fixture's figures, formatted: engine totals for weights and MACs, onnxruntime for latency.
   const totals = report.totals as { macs: { before: number; after: number } };
   assert.match(table, new RegExp(`${(totals.macs.before / totals.macs.after).toFixed(2)}×`));
+  const latency = (report.measurement as { table1: { latencyMs: { before: number; after: number } } }).table1.latencyMs;
+  assert.match(table, new RegExp(`<td>${latency.before.toFixed(3)}</td><td>${latency.after.toFixed(3)}</td><td>${(latency.before / latency.after).toFixed(2)}×</td>`));
   assert.equal(occurrences(dom, /<script/), 0);
 });
 

@@ -63,6 +63,10 @@ function table1(report: Record<string, unknown>): Table1Row[] {
   const final = num(rec(accuracy.finetuned).top1) ?? num(rec(accuracy.compressed).top1);
   const change = original !== undefined && final !== undefined ? `${((final - original) * 100).toFixed(2)} points` : '—';
   rows.push({ label: 'Top-1 accuracy', before: percent(original), after: percent(final), ratio: change });
+  const unfinetuned = num(rec(accuracy.finetuned).top1) !== undefined ? num(rec(accuracy.compressed).top1) : undefined;
+  if (unfinetuned !== undefined && original !== undefined) {
+    rows.push({ label: 'Top-1 before fine-tuning', before: percent(original), after: percent(unfinetuned), ratio: `${((unfinetuned - original) * 100).toFixed(2)} points` });
+  }
   const latency = beforeAfter(table.latencyMs);
   rows.push({ label: 'Latency, batch 1 (ms)', before: fixed(latency.before, 3), after: fixed(latency.after, 3), ratio: times(ratioOf(latency.before, latency.after)) });
   const energy = beforeAfter(table.energyMillijoulesEstimate);
