@@ -123,7 +123,9 @@ export class JobEventHub {
     const subscriber = this.subscriber;
     this.subscriber = undefined;
     this.subscribed = undefined;
-    if (subscriber) await subscriber.quit().catch(() => subscriber.disconnect());
+    // quit() waits for a reply that a client still (re)connecting would never get.
+    if (subscriber?.status === 'ready') await subscriber.quit().catch(() => subscriber.disconnect());
+    else subscriber?.disconnect();
   }
 }
 
