@@ -47,7 +47,8 @@ def cnn_path(tmp_path):
 
 
 def test_run_writes_artifacts_and_speaks_json_lines(tmp_path, cnn_path, run_ort):
-    code, events, err = _run(_write_job(tmp_path, cnn_path, options={"rule": "vbmf", "inputShape": [2, 1, 16, 16]}))
+    code, events, err = _run(_write_job(tmp_path, cnn_path, options={"rule": "vbmf", "inputShape": [2, 1, 16, 16],
+                                                                      "target": {"block": 1}}))
     assert code == 0, err
     assert all(e["event"] in ("progress", "log", "result") for e in events)
     stages = [e["stage"] for e in events if e["event"] == "progress"]

@@ -18,6 +18,7 @@ from .atomic import atomic_write_bytes, atomic_write_json
 from .errors import EngineInputError, error_event, input_errors, one_line
 from .exits import EXIT_CRASH, EXIT_INPUT, EXIT_OK
 from .options import plan_kwargs
+from .ranks import parse_target
 from .run import run_job
 
 
@@ -63,7 +64,10 @@ def _add_rule_arguments(parser: argparse.ArgumentParser, default_rule: str) -> N
                              "predicted ratio; the worker adjusts --target-macs towards it)")
     parser.add_argument("--latency-table", metavar="latency-table.json",
                         help="rule latency: per-layer timings the worker measured on `candidates` output")
-    parser.add_argument("--round-to", type=int, metavar="K", help="round ranks up to multiples of K")
+    parser.add_argument("--round-to", type=int, metavar="K", help="round ranks up to multiples of K (overrides --target)")
+    parser.add_argument("--target", type=parse_target, metavar="CPU",
+                        help="deployment CPU whose ONNX Runtime channel block the ranks are rounded to: host "
+                             "(default: this machine), avx512 (16), avx2 (8), generic (4), or a number (1: no rounding)")
     parser.add_argument("--force", action="store_true",
                         help="rewrite layers even when that does not shrink them (exactness checks)")
 
@@ -109,6 +113,7 @@ def _options_from_args(args) -> dict:
     """The flags as job options (camelCase, as in job.json), absent ones left out."""
     values = {"rule": args.rule, "ratio": args.ratio, "strength": args.strength, "targetMacs": args.target_macs,
               "targetParams": args.target_params, "targetLatency": args.target_latency, "roundTo": args.round_to,
+              "target": args.target,
               "force": args.force or None, "inputShape": args.input_shape, "latencyTable": args.latency_table}
     return {key: value for key, value in values.items() if value is not None}
 

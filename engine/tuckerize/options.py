@@ -17,6 +17,7 @@ from typing import Optional
 
 from .errors import EngineInputError
 from .latency_table import read_latency_table
+from .ranks import TARGET_HOST
 
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema", "job_options.json")
 
@@ -102,4 +103,7 @@ def plan_kwargs(options: dict, latency_table: Optional[dict] = None) -> dict:
         "force": bool(options.get("force", False)), "round_to": options.get("roundTo"),
         "target_macs": options.get("targetMacs"), "target_params": options.get("targetParams"),
         "target_latency": options.get("targetLatency"), "latency_table": latency_table,
+        # Ranks are rounded to the deployment CPU's channel block (ranks.channel_block): this machine's
+        # unless options.target names another ({"block": 1} turns rounding off).
+        "target": options.get("target", TARGET_HOST),
     }

@@ -30,7 +30,7 @@ from .errors import EngineInputError
 from .latency_table import LATENCY_MIN_SPEEDUP, LatencyTable, predict_latency, slow_layer_reason
 from .metrics import graph_metrics
 from .onnx_graph import Layer, constant_tensors, find_layers, infer_shapes, read_only_tensor, resolve_input_shapes
-from .ranks import RankCandidate, family_ranks, round_rank, solve_budget, weakened_rank
+from .ranks import RankCandidate, channel_block, family_ranks, round_rank, solve_budget, weakened_rank
 from .vbmf import evbmf, evbmf_spectrum
 
 RULES = ("vbmf", "ratio", "budget", "latency")
@@ -409,7 +409,7 @@ def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = Non
               ratio: Optional[float] = None, force: bool = False, strength: Optional[float] = None,
               round_to: Optional[int] = None, target_macs: Optional[float] = None,
               target_params: Optional[float] = None, latency_table: Optional[dict] = None,
-              target_latency: Optional[float] = None,
+              target_latency: Optional[float] = None, target=None,
               tucker1_max_in_channels: int = TUCKER1_MAX_IN_CHANNELS, with_evbmf: Optional[bool] = None,
               progress: Optional[ProgressFn] = None, timings: Optional[dict] = None,
               shapes: Optional[dict] = None, layers: Optional[list[Layer]] = None) -> Plan:
@@ -422,6 +422,12 @@ def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = Non
     target_latency is recorded beside the predicted latency ratio (the worker iterates targetMacs on it).
     """
     _validate_options(rule, ratio, strength, target_macs, target_params, round_to, latency_table, target_latency)
+    # The deployment target's channel block (ranks.channel_block) rounds every rule's ranks; an explicit
+    # roundTo wins over it, and only the target's block may be relaxed where the budget cannot be met.
+    block = None if target is None else channel_block(target, round_to)
+    relax_rounding = block is not None and round_to is None
+    if block is not None:
+        round_to = block.block if block.block > 1 else None
     table = LatencyTable.from_dict(latency_table) if rule == "latency" else None
     fixed = resolve_input_shapes(model, input_shape)
     if shapes is None:
@@ -448,18 +454,22 @@ def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = Non
             progress(done, len(layers), layer.name)
 
     options = {"ratio": ratio, "strength": strength, "roundTo": round_to, "force": force,
+               "target": None if block is None else block.to_dict(),
                "targetMacs": target_macs, "targetParams": target_params, "targetLatency": target_latency}
     slow: list[str] = []
     if rule == "budget" or (rule == "latency" and target_macs is not None):
-        entries, achieved_strength = _budget_entries(layers, candidates, constants, metrics, target_macs,
-                                                     target_params, round_to, force)
+        entries, achieved_strength, round_to = _budget_entries(
+            layers, candidates, constants, metrics, target_macs, target_params, round_to, force,
+            relax_rounding=relax_rounding)
         if rule == "latency":
             slow = _slow_layers(entries, table)
             if slow:
                 # The kept layers' MACs now count as fixed: the rest carry the whole target.
-                entries, achieved_strength = _rebalance(layers, candidates, constants, metrics, target_macs,
-                                                        round_to, force, slow, table)
+                entries, achieved_strength, round_to = _rebalance(
+                    layers, candidates, constants, metrics, target_macs, round_to, force, slow, table,
+                    relax_rounding)
         options["achievedStrength"] = achieved_strength
+        options["roundTo"] = round_to
     elif rule == "latency":
         entries = [_base_entry(layer, _bias_params(layer, constants)) if candidate is None
                    else _plan_layer(candidate, "vbmf", None, strength, round_to, force)
@@ -488,7 +498,8 @@ def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = Non
                 | {"force": bool(force)}, input_shape=list(first_input), layers=entries, totals=totals)
 
 
-def _rebalance(layers, candidates, constants, metrics, target_macs, round_to, force, slow, table):
+def _rebalance(layers, candidates, constants, metrics, target_macs, round_to, force, slow, table,
+               relax_rounding=False):
     fixed = {name: slow_layer_reason(table.layers[name]) for name in slow}
     remaining = [c for c in candidates if c is not None and c.layer.name not in fixed]
     if not remaining:
@@ -498,7 +509,7 @@ def _rebalance(layers, candidates, constants, metrics, target_macs, round_to, fo
             f"{target_macs:g}; keep the model as it is or use rule 'budget'")
     try:
         return _budget_entries(layers, candidates, constants, metrics, target_macs, None, round_to, force,
-                               fixed_keep=fixed)
+                               fixed_keep=fixed, relax_rounding=relax_rounding)
     except EngineInputError as exc:
         raise EngineInputError(
             f"rule 'latency': after keeping {len(slow)} layer(s) whose replacement ONNX Runtime found not "
@@ -513,8 +524,9 @@ def _slow_layers(entries: list[LayerPlan], table: LatencyTable) -> list[str]:
 
 
 def _budget_entries(layers, candidates, constants, metrics, target_macs, target_params, round_to, force,
-                    fixed_keep: Optional[dict[str, str]] = None):
+                    fixed_keep: Optional[dict[str, str]] = None, relax_rounding: bool = False):
     """Ranks from ranks.solve_budget over every decomposable layer, then the usual keep decisions.
+    Returns (entries, family strength, the rank multiple used: relax_rounding may lower round_to).
 
     fixed_keep: {layer name: reason} of layers kept whatever the ranks (the latency rule's slow ones);
     their cost stays in the graph unchanged, so the others are solved for the whole target.
@@ -540,7 +552,8 @@ def _budget_entries(layers, candidates, constants, metrics, target_macs, target_
             cost=cost, original=(params, macs or 0), may_keep=not force))
     untouched = (metrics.params - original_params, metrics.macs - original_macs)
     solution = solve_budget(rank_candidates, target, kind, untouched=untouched, tol=BUDGET_TOLERANCE,
-                            round_to=round_to)
+                            round_to=round_to, relax_rounding=relax_rounding)
+    round_to = solution.round_to
     by_name = {c.name: c for c in rank_candidates}
     entries = []
     for layer, candidate in zip(layers, candidates):
@@ -559,4 +572,4 @@ def _budget_entries(layers, candidates, constants, metrics, target_macs, target_
             entries.append(_decide(candidate, entry, tried, force))
         else:
             entries.append(_decide(candidate, entry, list(ranks), True))
-    return entries, solution.strength
+    return entries, solution.strength, round_to

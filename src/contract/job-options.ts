@@ -52,7 +52,15 @@ const clientFields = {
   targetMacs: openUnit('targetMacs').optional().describe('rule=budget: target MACs as a fraction of the original'),
   targetParams: openUnit('targetParams').optional().describe('rule=budget: target weights as a fraction'),
   targetLatency: openUnit('targetLatency').optional().describe('rule=latency: target latency as a fraction'),
-  roundTo: z.number().int().min(1).max(256).optional().describe('round ranks to a multiple of this'),
+  roundTo: z.number().int().min(1).max(256).optional().describe('round ranks to a multiple of this (overrides target)'),
+  target: z
+    .union([
+      z.enum(['host', 'avx512', 'avx2', 'generic']),
+      z.object({ block: z.number().int().min(1, 'target.block must be ≥ 1 (1 turns rounding off)').max(64) }).strict(),
+    ])
+    .optional()
+    .describe('deployment CPU whose ONNX Runtime channel block (avx512: 16, avx2: 8, generic: 4) every rank is '
+      + 'rounded to; default host (the machine that compresses); {"block": N} for an explicit multiple, 1 = no rounding'),
   force: z.boolean().optional().describe('decompose layers even when it does not pay off'),
   inputShape: z
     .tuple([
