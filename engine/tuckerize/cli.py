@@ -184,16 +184,20 @@ def _compress(args) -> int:
           f"(x{totals['params']['ratio']:.3f}), MACs {_count(totals['macs']['before'])} -> "
           f"{_count(totals['macs']['after'])} (x{totals['macs']['ratio']:.3f})")
     if args.profile:
-        # svd: EVBMF spectra; sigma2: EVBMF noise searches; hooi: Tucker-2 HOSVD+HOOI and Tucker-1;
-        # factor_svd: truncated SVDs of FC/1×1 layers; graph: building the new graph; check: onnx.checker.
+        # svd: EVBMF spectra; sigma2: EVBMF noise searches; plan_other: shape inference, metrics and the
+        # rank rule; hooi: Tucker-2 HOSVD+HOOI and Tucker-1; factor_svd: truncated SVDs of FC/1×1 layers;
+        # graph: building the new graph; check: onnx.checker; peak_rss_mib: the process's peak memory.
+        import resource
         breakdown = {
             "svd": plan_timings.get("svd", 0.0), "sigma2": plan_timings.get("sigma2", 0.0),
+            "plan_other": max(profile["plan"] - plan_timings.get("svd", 0.0) - plan_timings.get("sigma2", 0.0), 0.0),
             "hooi": result.timings.get("tucker2", 0.0) + result.timings.get("tucker1", 0.0),
             "factor_svd": result.timings.get("svd", 0.0), "graph": result.timings["graph"],
             "check": profile["check"], "write": profile["write"], "load": profile["load"],
         }
         breakdown["total"] = profile["load"] + profile["plan"] + sum(result.timings.values()) + \
             profile["check"] + profile["write"]
+        breakdown["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
         print(json.dumps({"profile": {k: round(v, 3) for k, v in breakdown.items()}}))
     return EXIT_OK
 
