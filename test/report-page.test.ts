@@ -72,13 +72,15 @@ async function renderInChromium(body: string, headers: Record<string, string>): 
 const occurrences = (html: string, pattern: RegExp): number => html.match(new RegExp(pattern.source, 'g'))?.length ?? 0;
 
 test('the page renders in Chromium under its CSP: Table 1, a bar pair per layer, an error bar per rewritten layer, the trade-off points', async () => {
-  // The accuracy-target search adds report.tradeoff; these three candidates are test input, not measurements.
+  // An accuracy-target search (engine/tuckerize/search.py) adds report.tradeoff and report.search; these
+  // three candidates are test input in that shape, not measurements.
   const tradeoff = [
-    { macsRatio: 0.1, accuracy: 0.9, chosen: false },
-    { macsRatio: 0.2, accuracy: 0.93, chosen: true },
-    { macsRatio: 0.4, accuracy: 0.95, chosen: false },
+    { candidate: 1, macsRatio: 0.1, accuracy: 0.9, drop: 5.65, withinLimit: false },
+    { candidate: 2, macsRatio: 0.2, accuracy: 0.953, drop: 0.35, withinLimit: true },
+    { candidate: 3, macsRatio: 0.4, accuracy: 0.955, drop: 0.15, withinLimit: true },
   ];
-  const id = await jobWith({ ...report, tradeoff });
+  const search = { maxAccuracyDrop: 0.5, met: true, originalAccuracy: 0.9565, chosen: 2, message: 'candidate 2: 5.00× fewer MACs' };
+  const id = await jobWith({ ...report, tradeoff, search });
   const res = await t.http().get(`/v1/jobs/${id}/report.html`).set(t.authA);
   assert.equal(res.status, 200);
   assert.match(res.headers['content-type'] ?? '', /^text\/html; charset=utf-8/);
@@ -96,6 +98,9 @@ test('the page renders in Chromium under its CSP: Table 1, a bar pair per layer,
   assert.equal(occurrences(dom, /<rect [^>]*class="bar-error"/), layers.filter((l) => l.kind !== 'keep').length);
   assert.equal(occurrences(dom, /<circle [^>]*class="tradeoff-point/), tradeoff.length);
   assert.equal(occurrences(dom, /class="tradeoff-point chosen"/), 1);
+  assert.equal(occurrences(dom, /class="tradeoff-point outside"/), 1);
+  assert.equal(occurrences(dom, /<line [^>]*class="limit-line"/), 1);
+  assert.match(dom, /candidate 2: 5\.00× fewer MACs/);
   const table = dom.slice(dom.indexOf('<table id="table1"'), dom.indexOf('</table>'));
   for (const row of ['Weights', 'MACs per image', 'Top-1 accuracy', 'Top-1 before fine-tuning', 'Latency, batch 1 (ms)', 'Energy, estimated (mJ)']) assert.match(table, new RegExp(`<td>${row.replace(/[()]/g, '\\$&')}</td>`));
   // The fixture's figures, formatted: engine totals for weights and MACs, onnxruntime for latency.

@@ -13,9 +13,13 @@ export interface LayerRow {
 }
 
 export interface TradeoffPoint {
+  /** MACs after ÷ before */
   macsRatio: number;
+  /** top-1 on the held-out split, a fraction */
   accuracy: number;
   chosen: boolean;
+  /** within the job's accuracy limit, when the search said */
+  withinLimit: boolean | undefined;
 }
 
 const r = (v: number): string => (Math.round(v * 10) / 10).toString();
@@ -84,8 +88,11 @@ export function layerChart(layers: LayerRow[]): string {
   return svg(width, height, 'layer-chart', 'Per-layer MACs before and after compression, and the relative error of each rewritten weight', body);
 }
 
-/** Held-out accuracy of every candidate tried against its MACs ratio; the chosen one is marked. */
-export function tradeoffChart(points: TradeoffPoint[]): string {
+/**
+ * Held-out accuracy of every candidate tried against its MACs ratio; the chosen one is marked, candidates
+ * outside the accuracy limit are hollow, and the limit is a dashed line.
+ */
+export function tradeoffChart(points: TradeoffPoint[], limitAccuracy?: number): string {
   const width = 640;
   const height = 360;
   const left = 70;
@@ -93,7 +100,7 @@ export function tradeoffChart(points: TradeoffPoint[]): string {
   const top = 30;
   const bottom = 50;
   const xs = points.map((p) => p.macsRatio);
-  const ys = points.map((p) => p.accuracy);
+  const ys = [...points.map((p) => p.accuracy), ...(limitAccuracy === undefined ? [] : [limitAccuracy])];
   const span = (values: number[]): [number, number] => {
     const lo = Math.min(...values);
     const hi = Math.max(...values);
@@ -106,14 +113,19 @@ export function tradeoffChart(points: TradeoffPoint[]): string {
   const py = (v: number) => height - bottom - ((v - y0) / (y1 - y0)) * (height - top - bottom);
   const sorted = [...points].sort((a, b) => a.macsRatio - b.macsRatio);
   const body: string[] = [
-    text(left, 18, 'Held-out top-1 accuracy of each candidate against its MACs ratio', 'chart-heading'),
+    text(left, 18, 'Held-out top-1 accuracy of each candidate against its MACs (after ÷ before)', 'chart-heading'),
     `<line x1="${left}" y1="${height - bottom}" x2="${width - right}" y2="${height - bottom}" class="axis"/>`,
     `<line x1="${left}" y1="${top}" x2="${left}" y2="${height - bottom}" class="axis"/>`,
     `<polyline class="tradeoff-line" points="${sorted.map((p) => `${r(px(p.macsRatio))},${r(py(p.accuracy))}`).join(' ')}"/>`,
   ];
+  if (limitAccuracy !== undefined) {
+    body.push(`<line x1="${left}" y1="${r(py(limitAccuracy))}" x2="${width - right}" y2="${r(py(limitAccuracy))}" class="limit-line"><title>${escapeHtml(`accuracy limit ${(limitAccuracy * 100).toFixed(2)} %`)}</title></line>`);
+  }
   for (const p of points) {
-    const title = `MACs ratio ${p.macsRatio.toFixed(3)}, accuracy ${(p.accuracy * 100).toFixed(2)} %${p.chosen ? ' (chosen)' : ''}`;
-    body.push(`<circle cx="${r(px(p.macsRatio))}" cy="${r(py(p.accuracy))}" r="${p.chosen ? 7 : 5}" class="tradeoff-point${p.chosen ? ' chosen' : ''}"><title>${escapeHtml(title)}</title></circle>`);
+    const status = p.withinLimit === false ? ', outside the limit' : p.withinLimit === true ? ', within the limit' : '';
+    const title = `MACs after ÷ before ${p.macsRatio.toFixed(3)}, accuracy ${(p.accuracy * 100).toFixed(2)} %${status}${p.chosen ? ' (chosen)' : ''}`;
+    const cls = `tradeoff-point${p.chosen ? ' chosen' : ''}${p.withinLimit === false ? ' outside' : ''}`;
+    body.push(`<circle cx="${r(px(p.macsRatio))}" cy="${r(py(p.accuracy))}" r="${p.chosen ? 7 : 5}" class="${cls}"><title>${escapeHtml(title)}</title></circle>`);
   }
   for (const f of [0, 0.5, 1]) {
     const xv = x0 + f * (x1 - x0);
@@ -121,6 +133,6 @@ export function tradeoffChart(points: TradeoffPoint[]): string {
     const yv = y0 + f * (y1 - y0);
     body.push(text(left - 6, py(yv) + 4, `${(yv * 100).toFixed(1)} %`, 'tick', 'end'));
   }
-  body.push(text(left + (width - left - right) / 2, height - 10, 'MACs ratio', 'axis-label', 'middle'));
+  body.push(text(left + (width - left - right) / 2, height - 10, 'MACs after ÷ before', 'axis-label', 'middle'));
   return svg(width, height, 'tradeoff-chart', 'Trade-off between MACs and held-out accuracy over the candidates tried', body);
 }

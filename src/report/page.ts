@@ -25,6 +25,8 @@ svg { display: block; margin-top: 0.5rem; max-width: 100%; height: auto; }
 .tradeoff-line { fill: none; stroke: #2f6fd6; stroke-width: 1.5; }
 .tradeoff-point { fill: #2f6fd6; }
 .tradeoff-point.chosen { fill: #d8782f; }
+.tradeoff-point.outside { fill: #ffffff; stroke: #2f6fd6; stroke-width: 1.5; }
+.limit-line { stroke: #b03a2e; stroke-width: 1; stroke-dasharray: 4 3; }
 `;
 
 /** The Content-Security-Policy the page is served with: nothing may load, only its own stylesheet applies. */
@@ -89,17 +91,24 @@ export function layerRows(report: Record<string, unknown>): LayerRow[] {
   });
 }
 
-/** Candidates of an accuracy-target search: report.tradeoff as a list, or its `candidates`. */
-export function tradeoffPoints(report: Record<string, unknown>): TradeoffPoint[] {
+/**
+ * Candidates of an accuracy-target search (report.tradeoff: macsRatio = MACs after ÷ before, accuracy as a
+ * fraction); the chosen one is report.search.chosen, and report.search gives the accuracy limit.
+ */
+export function tradeoff(report: Record<string, unknown>): { points: TradeoffPoint[]; limitAccuracy: number | undefined } {
+  const search = rec(report.search);
   const source = Array.isArray(report.tradeoff) ? report.tradeoff : rec(report.tradeoff).candidates;
-  if (!Array.isArray(source)) return [];
   const points: TradeoffPoint[] = [];
-  for (const entry of source.map(rec)) {
+  for (const entry of Array.isArray(source) ? source.map(rec) : []) {
     const macsRatio = num(entry.macsRatio);
     const accuracy = num(entry.accuracy) ?? num(entry.top1);
-    if (macsRatio !== undefined && accuracy !== undefined) points.push({ macsRatio, accuracy, chosen: entry.chosen === true || entry.selected === true });
+    if (macsRatio === undefined || accuracy === undefined) continue;
+    const chosen = entry.chosen === true || (entry.candidate !== undefined && entry.candidate === search.chosen);
+    points.push({ macsRatio, accuracy, chosen, withinLimit: typeof entry.withinLimit === 'boolean' ? entry.withinLimit : undefined });
   }
-  return points;
+  const original = num(search.originalAccuracy);
+  const drop = num(search.maxAccuracyDrop);
+  return { points, limitAccuracy: original !== undefined && drop !== undefined ? original - drop / 100 : undefined };
 }
 
 export interface ReportPageJob {
@@ -111,7 +120,7 @@ export function renderReportPage(report: Record<string, unknown>, job: ReportPag
   const rule = typeof report.rule === 'string' ? report.rule : '?';
   const rows = table1(report);
   const layers = layerRows(report);
-  const tradeoff = tradeoffPoints(report);
+  const curve = tradeoff(report);
   const runtime = rec(rec(report.measurement).runtime);
   const measuredWith = typeof runtime.name === 'string'
     ? `Latency measured with ${runtime.name} ${typeof runtime.version === 'string' ? runtime.version : ''} on ${typeof runtime.cpu === 'string' ? runtime.cpu : 'the worker CPU'}, ${num(runtime.intraOpNumThreads) ?? '?'} thread(s), median of interleaved runs.`
@@ -127,7 +136,13 @@ export function renderReportPage(report: Record<string, unknown>, job: ReportPag
     `<p class="note">Weights and MACs are the engine's counts; ratios are before ÷ after (accuracy: the change). ${escapeHtml(measuredWith)} Energy is an estimate from MACs and memory traffic, not a measurement.</p>`,
     '<h2>Per layer</h2>',
     layers.length > 0 ? layerChart(layers) : '<p class="note">The report lists no layers.</p>',
-    ...(tradeoff.length > 0 ? ['<h2>Trade-off</h2>', tradeoffChart(tradeoff)] : []),
+    ...(curve.points.length > 0
+      ? [
+        '<h2>Trade-off</h2>',
+        tradeoffChart(curve.points, curve.limitAccuracy),
+        typeof rec(report.search).message === 'string' ? `<p class="note">${escapeHtml(rec(report.search).message as string)}</p>` : '',
+      ]
+      : []),
   ];
   return [
     '<!DOCTYPE html>',
