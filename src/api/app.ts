@@ -92,6 +92,12 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
 
   // JSON is the only body type besides the multipart uploads; text/plain would reach validation as a string.
   app.removeContentTypeParser('text/plain');
+  // Routes that need no body (POST /v1/jobs/:id/cancel) accept an empty one sent as application/json.
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) =>
+    body.length === 0 ? done(null, undefined) : parseJson(request, body.toString(), done),
+  );
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
   registerErrorHandlers(app);

@@ -13,6 +13,7 @@ import { isTerminal, jobEventsChannel, type JobEventMessage } from '../jobs/stat
 import { jobView, type JobView } from '../jobs/view.js';
 import { ListenersByJob } from '../queue/listeners.js';
 import { ApiError, NotFoundError } from './errors.js';
+import { StageRateTracker } from './progress-rate.js';
 
 export type JobEvent = { kind: 'message'; message: JobEventMessage } | { kind: 'resync' };
 export type JobEventListener = (event: JobEvent) => void;
@@ -212,6 +213,8 @@ export async function streamJobEvents(request: FastifyRequest, reply: FastifyRep
   openStreams.add(end);
   request.raw.on('close', end);
 
+  // Each progress event carries the rate and ETA of its stage, measured over this stream.
+  const rates = new StageRateTracker();
   let last: JobView = jobView(job);
   const showStatus = (view: JobView) => {
     if (view.status !== last.status || view.stage !== last.stage || view.progress !== last.progress) {
@@ -233,7 +236,7 @@ export async function streamJobEvents(request: FastifyRequest, reply: FastifyRep
         request.log.warn({ jobId, err: err.message }, 'job re-read after a Redis reconnect failed'),
       );
     } else if (event.message.type === 'progress') {
-      if (event.message.detail) send('progress', event.message.detail);
+      if (event.message.detail) send('progress', rates.next(event.message.detail));
     } else if (event.message.job) {
       showStatus(event.message.job);
     }

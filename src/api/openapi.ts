@@ -78,6 +78,13 @@ function override(ctx: { zodSchema: unknown; jsonSchema: JsonSchema }): void {
     if (json.maximum === MAX_SAFE) delete json.maximum;
   }
   if (typeof json.format === 'string' && ['date-time', 'uuid', 'email'].includes(json.format)) delete json.pattern;
+  // A `default` makes generators (openapi-typescript's defaultNonNullable) mark the field required in requests;
+  // the server applies it, so the document says it in words.
+  if (json.default !== undefined) {
+    const words = `default: ${JSON.stringify(json.default)}`;
+    json.description = typeof json.description === 'string' ? `${json.description} (${words})` : words;
+    delete json.default;
+  }
 }
 
 const zodToJsonConfig = { override } as unknown as Parameters<typeof createJsonSchemaTransform>[0]['zodToJsonConfig'];

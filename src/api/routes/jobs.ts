@@ -21,15 +21,49 @@ import {
   JobCreatedSchema,
   JobListQuerySchema,
   JobPageSchema,
+  JobEventSchema,
   JobSchema,
   ReportSchema,
+  type ApiReport,
 } from '../schemas.js';
-import { AUTH, canonicalJson, isUniqueViolation, listPage, problems, sha256Hex } from './common.js';
+import {
+  canceledJobExample,
+  createJobExample,
+  jobCreatedExample,
+  jobPageExample,
+  reportExample,
+  runningJobExample,
+} from '../examples.js';
+import { currentStageProgress } from '../progress-rate.js';
+import {
+  AUTH,
+  canonicalJson,
+  ConditionalHeadersSchema,
+  isUniqueViolation,
+  jsonEtag,
+  listPage,
+  noneMatch,
+  NOT_MODIFIED,
+  notModified,
+  problems,
+  sha256Hex,
+} from './common.js';
 
 export { jobView };
 
+/** builtin:fashion-mnist as the engine loads it: 60,000 labelled 1×28×28 uint8 images of 10 classes. */
+const FASHION_MNIST: DatasetInspection = {
+  format: 'npz',
+  info: { count: 60_000, shape: [60_000, 1, 28, 28], dtype: 'uint8', labelled: true, classes: 10 },
+};
+
 /** How long POST /v1/jobs waits for Redis before leaving the row for the reconciler. */
 const ENQUEUE_TIMEOUT_MS = 3000;
+
+const ArtifactHeadersSchema = ConditionalHeadersSchema.extend({
+  range: z.string().optional().describe('one byte range, `bytes=first-last`, `bytes=first-` or `bytes=-suffix`: answers 206'),
+  'if-range': z.string().optional().describe('the ETag of a partial download: the Range is honoured only while it is current'),
+});
 
 const IdempotencyHeadersSchema = z.object({
   'idempotency-key': z
@@ -59,15 +93,21 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
     '/v1/jobs',
     {
       schema: {
+        operationId: 'createJob',
         summary: 'Create a compression job',
         description:
           'Queues a compression of an uploaded model. With an `Idempotency-Key` header, repeating the same request ' +
-          'returns the same job; reusing the key with a different body is a 409.',
+          'returns the same job (with Idempotent-Replayed: true); reusing the key with a different body is a 409. ' +
+          'A dataset whose images do not fit the model input (channels, size) is a 422 here, not a failed job later.',
         tags: ['jobs'],
         security: AUTH,
         headers: IdempotencyHeadersSchema,
         body: CreateJobBodySchema,
-        response: { 202: JobCreatedSchema, ...problems(400, 401, 404, 409, 415, 422, 429, 503) },
+        response: { 202: JobCreatedSchema, ...problems(400, 401, 404, 409, 413, 415, 422, 429, 503) },
+        docs: {
+          headers: { 202: ['Location', 'Idempotent-Replayed'] },
+          examples: { request: createJobExample, 202: jobCreatedExample },
+        },
       },
     },
     async (request, reply) => {
@@ -101,6 +141,11 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
       let estimated: EstimateInput['dataset'] = null;
       if (body.datasetId !== undefined) {
         if ((BUILTIN_DATASETS as readonly string[]).includes(body.datasetId)) {
+          // The built-in set is checked like an upload: a 3-channel model cannot take 1-channel 28×28 images.
+          checkDatasetFitsModel(
+            FASHION_MNIST,
+            (model.inputs as unknown as TensorInfo[]).map((t) => ({ name: t.name, elemType: t.elemType, dims: t.dims })),
+          );
           builtinDataset = body.datasetId;
           estimated = 'builtin';
         } else {
@@ -148,11 +193,14 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
     '/v1/jobs',
     {
       schema: {
+        operationId: 'listJobs',
         summary: "List this tenant's jobs, newest first",
+        description: 'With `status`, only jobs in that status; the cursor stays valid when its job has changed status since.',
         tags: ['jobs'],
         security: AUTH,
         querystring: JobListQuerySchema,
         response: { 200: JobPageSchema, ...problems(400, 401, 429, 503) },
+        docs: { examples: { 200: jobPageExample } },
       },
     },
     async (request) => {
@@ -161,8 +209,8 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
       return listPage(
         'job',
         { limit, cursor },
-        async (id) => (await prisma.job.findFirst({ where: { id, tenantId }, select: { id: true } })) !== null,
-        (args) => prisma.job.findMany({ where: { tenantId, ...(status ? { status } : {}) }, ...args }),
+        (id) => prisma.job.findFirst({ where: { id, tenantId }, select: { id: true, createdAt: true } }),
+        ({ where, ...args }) => prisma.job.findMany({ where: { tenantId, ...(status ? { status } : {}), ...where }, ...args }),
         jobView,
       );
     },
@@ -172,36 +220,54 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
     '/v1/jobs/:id',
     {
       schema: {
-        summary: 'Get a job: status, stage, progress, timings, metrics, error',
+        operationId: 'getJob',
+        summary: 'Get a job: status, stage, progress with rate and ETA, timings, metrics, error',
+        description: 'The ETag changes with status, stage and progress: poll with If-None-Match to get 304 while nothing moved.',
         tags: ['jobs'],
         security: AUTH,
         params: IdParamsSchema,
-        response: { 200: JobSchema, ...problems(400, 401, 404, 429, 503) },
+        headers: ConditionalHeadersSchema,
+        response: { 200: JobSchema, ...NOT_MODIFIED, ...problems(400, 401, 404, 429, 503) },
+        docs: { headers: { 200: ['ETag'], 304: ['ETag'] }, examples: { 200: runningJobExample } },
       },
     },
-    async (request) => jobView(await findJob(principalOf(request).tenantId, request.params.id)),
+    async (request, reply) => {
+      const job = await findJob(principalOf(request).tenantId, request.params.id);
+      const view = jobView(job);
+      const stageProgress = job.status === 'running' ? await currentStageProgress(prisma, job.id) : null;
+      const full = { ...view, stageProgress };
+      if (notModified(request, reply, jsonEtag(full))) return reply;
+      return full;
+    },
   );
 
   app.post(
     '/v1/jobs/:id/cancel',
     {
       schema: {
+        operationId: 'cancelJob',
         summary: 'Cancel a queued or running job',
-        description: 'A queued job is removed from the queue; a running job is stopped by its worker (its engine process group is killed).',
+        description:
+          'A queued job is removed from the queue; a running job is stopped by its worker (its engine process group is killed). ' +
+          'Idempotent: canceling a canceled job answers 200 with the job again. A job that already succeeded or failed is a 409. ' +
+          'No body is needed (an empty one with Content-Type: application/json is accepted).',
         tags: ['jobs'],
         security: AUTH,
         params: IdParamsSchema,
         response: { 200: JobSchema, ...problems(400, 401, 404, 409, 429, 503) },
+        docs: { examples: { 200: canceledJobExample } },
       },
     },
     async (request) => {
       const { tenantId } = principalOf(request);
       const job = await findJob(tenantId, request.params.id);
-      const refuse = (status: string) =>
-        new ConflictError(`job ${job.id} is already ${status}; only queued or running jobs can be canceled`);
-      if (isTerminal(job.status)) throw refuse(job.status);
+      const settle = (current: Job) => {
+        if (current.status === 'canceled') return jobView(current);
+        throw new ConflictError(`job ${job.id} already ${current.status}; only queued or running jobs can be canceled`);
+      };
+      if (isTerminal(job.status)) return settle(job);
       const canceled = await jobs.cancel(job.id, { tenantId });
-      if (!canceled) throw refuse((await findJob(tenantId, job.id)).status);
+      if (!canceled) return settle(await findJob(tenantId, job.id));
       if (canceled.from === 'queued') {
         try {
           await (await queue.getJob(job.id))?.remove();
@@ -224,19 +290,25 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
     '/v1/jobs/:id/report',
     {
       schema: {
+        operationId: 'getJobReport',
         summary: "The engine's report (per-layer plan, totals, accuracy, timings)",
+        description: 'Immutable once the job has succeeded: its ETag never changes, so a cached copy revalidates with 304.',
         tags: ['jobs'],
         security: AUTH,
         params: IdParamsSchema,
-        response: { 200: ReportSchema, ...problems(400, 401, 404, 409, 429, 503) },
+        headers: ConditionalHeadersSchema,
+        response: { 200: ReportSchema, ...NOT_MODIFIED, ...problems(400, 401, 404, 409, 429, 503) },
+        docs: { headers: { 200: ['ETag'], 304: ['ETag'] }, examples: { 200: reportExample } },
       },
     },
-    async (request) => {
+    async (request, reply) => {
       const job = await findJob(principalOf(request).tenantId, request.params.id);
       if (job.report === null || typeof job.report !== 'object') {
         throw new ConflictError(`job ${job.id} is ${job.status} and has no report yet; poll GET /v1/jobs/${job.id} until it succeeds`);
       }
-      return job.report as Record<string, unknown>;
+      reply.header('cache-control', 'private, max-age=0, must-revalidate');
+      if (notModified(request, reply, jsonEtag(job.report))) return reply;
+      return job.report as ApiReport;
     },
   );
 
@@ -244,6 +316,7 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
     '/v1/jobs/:id/artifact',
     {
       schema: {
+        operationId: 'getJobArtifact',
         summary: 'Download the compressed model (.onnx)',
         description:
           'Streamed. Headers: Content-Length, ETag (the sha256), X-Content-SHA256 (hex), Digest (sha-256, base64). ' +
@@ -253,6 +326,7 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
         tags: ['jobs'],
         security: AUTH,
         params: IdParamsSchema,
+        headers: ArtifactHeadersSchema,
         produces: ['application/octet-stream'],
         response: {
           200: {
@@ -266,6 +340,15 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
           302: z.undefined().describe('download it from the short-lived URL in Location (object store)'),
           304: z.undefined().describe('not modified (If-None-Match matched)'),
           ...problems(400, 401, 404, 409, 416, 429, 503),
+        },
+        docs: {
+          headers: {
+            200: ['ETag', 'X-Content-SHA256', 'Digest', 'Content-Disposition', 'Accept-Ranges'],
+            206: ['ETag', 'X-Content-SHA256', 'Digest', 'Content-Disposition', 'Accept-Ranges', 'Content-Range'],
+            302: ['Location'],
+            304: ['ETag'],
+            416: ['Content-Range'],
+          },
         },
       },
     },
@@ -284,7 +367,7 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
         .header('x-content-sha256', artifact.sha256)
         .header('digest', `sha-256=${Buffer.from(artifact.sha256, 'hex').toString('base64')}`)
         .header('cache-control', 'private, max-age=0, must-revalidate');
-      if (request.headers['if-none-match'] === etag) return reply.code(304).send();
+      if (noneMatch(request.headers['if-none-match'], etag)) return reply.code(304).send();
       const fileName = `${stem}.compressed.onnx`;
       const presigned = await store.downloadUrl(artifact.storageKey, fileName);
       if (presigned) return reply.code(302).header('location', presigned).send();
@@ -315,10 +398,12 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
     '/v1/jobs/:id/events',
     {
       schema: {
+        operationId: 'getJobEvents',
         summary: 'Follow a job with Server-Sent Events',
         description:
           '`event: status` (the job as in GET /v1/jobs/:id) on connect and on every change; `event: progress` ' +
-          '({stage, done, total, percent, message?}) while it runs. The stream ends after the terminal status ' +
+          '({stage, done, total, percent, rate, etaSeconds, message?}) while it runs. Each event is documented as the ' +
+          'JobEvent schema: `event` is the SSE event name and `data` its JSON. The stream ends after the terminal status ' +
           '(succeeded, failed or canceled). A tenant may hold a limited number of open streams per API process ' +
           '(SSE_MAX_STREAMS_PER_TENANT, default 50); past it the answer is 429 with Retry-After.',
         tags: ['jobs'],
@@ -326,7 +411,7 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
         params: IdParamsSchema,
         produces: ['text/event-stream'],
         response: {
-          200: { description: 'an event stream', content: { 'text/event-stream': { schema: z.string() } } },
+          200: { description: 'an event stream of JobEvent', content: { 'text/event-stream': { schema: JobEventSchema } } },
           ...problems(400, 401, 404, 429, 503),
         },
       },
