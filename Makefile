@@ -4,14 +4,15 @@ PY ?= /usr/bin/python3
 export ONNXRUNTIME_NODE_INSTALL_CUDA := skip
 export PYTHONPATH := $(CURDIR)/engine
 DEB_PACKAGES := python3-torch python3-torchvision python3-onnx python3-scipy python3-numpy \
-                python3-pytest python3-hypothesis python3-jsonschema dataset-fashion-mnist
+                python3-pytest python3-hypothesis python3-jsonschema dataset-fashion-mnist \
+                prometheus
 
 .PHONY: setup test test-engine test-service demo bench typecheck openapi clean
 
 setup: .cache/apt.stamp node_modules/.package-lock.json .cache/prisma.stamp
 
 # apt-get only when a package is missing, so a second `make setup` takes seconds.
-.cache/apt.stamp:
+.cache/apt.stamp: Makefile
 	@mkdir -p .cache
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

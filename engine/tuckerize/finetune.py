@@ -522,10 +522,22 @@ def _progress(done: int, total: int, message: str, loss: Optional[float] = None,
 def _fingerprint(job: dict, compressed: onnx.ModelProto, options: FinetuneOptions) -> str:
     """A checkpoint belongs to one (compressed model, dataset, seed, options): anything else starts afresh."""
     digest = hashlib.sha256(compressed.SerializeToString())
-    digest.update(json.dumps({"dataset": job.get("dataset"), "seed": job.get("seed", 0),
+    digest.update(json.dumps({"dataset": _dataset_identity(job.get("dataset")), "seed": job.get("seed", 0),
                               "inputShape": (job.get("options") or {}).get("inputShape"),
                               "options": options.to_dict()}, sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def _dataset_identity(spec: Optional[str]) -> Optional[str]:
+    """A builtin dataset by name, a file by its bytes: not by path, which differs between the workers a job
+    may resume on (each stages its inputs in its own WORK_DIR)."""
+    if spec is None or not os.path.isfile(spec):
+        return spec
+    digest = hashlib.sha256()
+    with open(spec, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _load_checkpoint(path: str, fingerprint: str, device: torch.device, emit: Emit) -> Optional[dict]:

@@ -3,6 +3,7 @@
 // rewrite.plan.json after the rewrite, finetune.ckpt while fine-tuning); this copies every new or changed
 // one to checkpoints/<jobId>/<name> while the engine runs and when an attempt ends, and copies them back
 // into an empty work directory before the next attempt, on whichever worker it lands.
+import type { Stats } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -79,11 +80,17 @@ export class CheckpointSync {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
       throw err;
     }
+    const files: { name: string; file: string; info: Stats }[] = [];
     for (const name of names) {
       if (!CHECKPOINT_NAME.test(name) || TEMP_NAME.test(name)) continue;
       const file = path.join(this.workDir, name);
       const info = await stat(file).catch(() => null);
-      if (!info?.isFile()) continue;
+      if (info?.isFile()) files.push({ name, file, info });
+    }
+    // In the order the engine wrote them: a later checkpoint in the store implies the earlier ones are there
+    // (fine-tuning's finetune.ckpt builds on the rewrite's rewrite.onnx + rewrite.plan.json).
+    files.sort((a, b) => a.info.mtimeMs - b.info.mtimeMs);
+    for (const { name, file, info } of files) {
       const print = fingerprint(info);
       if (this.uploaded.get(name) === print) continue;
       await this.store.putFile(checkpointKeyFor(this.jobId, name), file);
