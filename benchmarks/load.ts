@@ -6,6 +6,8 @@
 //   --connections N    concurrent connections (default 10)
 //   --jobs N           small jobs drained per worker count (default 6)
 //   --streams N        event streams another tenant holds open during the second GET run (default 200)
+//   --rounds N         GET runs without and with the streams, interleaved after one warm-up run; the table
+//                      shows the median of each (default 3)
 //   --out FILE         markdown file to update (default BENCHMARKS.md); --no-write prints only
 //   --api-log-level L  LOG_LEVEL of the API process (default warn: per-request logs would be written to a pipe
 //                      read by this process, which also runs the load generator)
@@ -30,6 +32,7 @@ const { values } = parseArgs({
     connections: { type: 'string', default: '10' },
     jobs: { type: 'string', default: '6' },
     streams: { type: 'string', default: '200' },
+    rounds: { type: 'string', default: '3' },
     out: { type: 'string', default: path.join(REPO_ROOT, 'BENCHMARKS.md') },
     'no-write': { type: 'boolean', default: false },
     'api-log-level': { type: 'string', default: 'warn' },
@@ -45,6 +48,7 @@ const durationS = positiveInt('duration', values.duration);
 const connections = positiveInt('connections', values.connections);
 const drainJobs = positiveInt('jobs', values.jobs);
 const streamCount = positiveInt('streams', values.streams);
+const rounds = positiveInt('rounds', values.rounds);
 const outFile = path.resolve(values.out!);
 
 const BEGIN = '<!-- load:begin -->';
@@ -87,11 +91,23 @@ interface Audit {
   missingInQueue: string[];
 }
 
-async function runCannon(label: string, options: autocannon.Options, onJson?: (status: number, body: string) => void): Promise<HttpRun> {
+/** The run with the median req/s (its p99 and load average come with it), labelled with how many there were. */
+function median(label: string, runs: HttpRun[]): HttpRun {
+  const sorted = [...runs].sort((a, b) => a.perSecond - b.perSecond);
+  const middle = sorted[Math.floor(sorted.length / 2)]!;
+  return { ...middle, label: runs.length > 1 ? `${label} (median of ${runs.length} interleaved runs)` : label };
+}
+
+async function runCannon(
+  label: string,
+  options: autocannon.Options,
+  onJson?: (status: number, body: string) => void,
+  duration = durationS,
+): Promise<HttpRun> {
   const result = await autocannon({
     ...options,
     connections,
-    duration: durationS,
+    duration,
     ...(onJson
       ? {
           requests: [
@@ -254,8 +270,8 @@ function render(http: HttpRun[], audit: Audit, drains: DrainRun[], command: stri
     '',
     `Issue 12's goal for GET /v1/jobs/:id is >= 2,000 req/s with p99 < 20 ms at ${connections} connections while another tenant ` +
       `holds ${streamCount} open event streams: ${goalVerdict(http)}. An open stream costs the API no database query and no ` +
-      'Redis command (one job-events subscription per process, fanned out in memory); the two GET rows differ by what ' +
-      'holding the sockets costs, within the noise of the shared machine.',
+      'Redis command (one job-events subscription per process, fanned out in memory); the two GET rows are the medians of ' +
+      `interleaved runs, and their ratio (with / without the streams) is ${streamRatio(http)} in req/s.`,
     '',
     `**No job lost**: ${audit.accepted} POSTs answered 202; ${audit.rowsFound} of them have their database row and ` +
       `${audit.queuedInBullmq} are waiting in BullMQ under the same id (no worker ran during the load); ` +
@@ -275,6 +291,12 @@ function render(http: HttpRun[], audit: Audit, drains: DrainRun[], command: stri
     END,
   ];
   return lines.join('\n');
+}
+
+function streamRatio(http: HttpRun[]): string {
+  const plain = http.find((r) => r.label.startsWith('GET') && !r.label.includes('event streams'));
+  const loaded = http.find((r) => r.label.includes('event streams'));
+  return plain && loaded && plain.perSecond > 0 ? fmt(loaded.perSecond / plain.perSecond, 2) : 'not measured';
 }
 
 function goalVerdict(http: HttpRun[]): string {
@@ -308,7 +330,7 @@ async function writeSection(file: string, section: string): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  const command = `node --import tsx benchmarks/load.ts --duration ${durationS} --connections ${connections} --jobs ${drainJobs} --streams ${streamCount}`;
+  const command = `node --import tsx benchmarks/load.ts --duration ${durationS} --connections ${connections} --jobs ${drainJobs} --streams ${streamCount} --rounds ${rounds}`;
   const teardown = new Teardown();
   const env = await createTestEnv({ LOG_LEVEL: 'warn' });
   teardown.defer('drop the benchmark database', () => env.cleanup());
@@ -351,18 +373,24 @@ async function main(): Promise<void> {
     const modelId = await uploadModel(baseUrl, apiKey, await tinyCnn());
     const target = await createJob(baseUrl, apiKey, modelId);
 
-    console.error(`GET /v1/jobs/:id for ${durationS} s with ${connections} connections`);
-    const get = await runCannon('GET /v1/jobs/:id', { url: `${baseUrl}/v1/jobs/${target}`, headers: auth });
-
     const streamKey = await createTestKey(env.prisma, 'streams');
     const streamJob = await createJob(baseUrl, streamKey, await uploadModel(baseUrl, streamKey, await tinyCnn()));
-    console.error(`another tenant opens ${streamCount} event streams; GET /v1/jobs/:id again`);
-    const closeStreams = await openStreams(baseUrl, streamKey, streamJob, streamCount);
-    const getWithStreams = await runCannon(`GET /v1/jobs/:id, another tenant holding ${streamCount} event streams`, {
-      url: `${baseUrl}/v1/jobs/${target}`,
-      headers: auth,
-    });
-    closeStreams();
+    const getOptions = { url: `${baseUrl}/v1/jobs/${target}`, headers: auth };
+    console.error('warm-up GET run (not reported)');
+    await runCannon('warm-up', getOptions, undefined, Math.min(durationS, 5));
+    // Interleaved, so that drift in the machine's load hits both configurations alike.
+    const plain: HttpRun[] = [];
+    const streamed: HttpRun[] = [];
+    for (let round = 1; round <= rounds; round += 1) {
+      console.error(`round ${round}/${rounds}: GET /v1/jobs/:id for ${durationS} s with ${connections} connections, then with ${streamCount} open event streams of another tenant`);
+      plain.push(await runCannon('GET /v1/jobs/:id', getOptions));
+      const closeStreams = await openStreams(baseUrl, streamKey, streamJob, streamCount);
+      streamed.push(await runCannon('with streams', getOptions));
+      closeStreams();
+    }
+    const get = median('GET /v1/jobs/:id', plain);
+    const getWithStreams = median(`GET /v1/jobs/:id, another tenant holding ${streamCount} event streams`, streamed);
+    console.error(`rounds: ${JSON.stringify({ plain: plain.map((r) => [Math.round(r.perSecond), r.p99, r.load]), streamed: streamed.map((r) => [Math.round(r.perSecond), r.p99, r.load]) })}`);
 
     console.error(`POST /v1/jobs for ${durationS} s with ${connections} connections (no Idempotency-Key: one job per request)`);
     const acceptedIds: string[] = [];
