@@ -42,8 +42,9 @@ export const modelRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (ap
         description:
           'multipart/form-data with the .onnx in field `file`. The model is checked (protobuf structure, no external ' +
           'data, loads in onnxruntime). Uploading the same bytes again returns the existing model with 200. `params` is ' +
-          'set at once (every initializer element) and replaced by the engine analysis (weights only) shortly after; ' +
-          '`macs` stays null until that analysis has run.',
+          'set at once (every initializer element) and replaced by the engine analysis (weights only) when it is done; ' +
+          '`macs` stays null until then. The analysis is queued for a worker: `analysis` is `pending` until the worker ' +
+          'has filled `params` and `macs` (`done`) or given up (`failed`); poll GET /v1/models/{id} to see it change.',
         tags: ['models'],
         security: AUTH,
         consumes: ['multipart/form-data'],
