@@ -65,7 +65,7 @@ function checkName(entry: Entry, limits: ZipLimits): ZipEntryInfo {
   if (raw.includes(0)) throw new InputRejected('zip_bad_name', `entry ${quote(raw.toString('latin1'))} has a NUL byte in its name`);
   // Without the UTF-8 flag a name is CP437, where yauzl shows the bytes 0x01-0x1f as symbols (☺, ♪, …) while
   // other extractors, the engine's zipfile among them, read control characters: the bytes themselves are checked.
-  if (raw.some((byte) => byte < 0x20 || byte === 0x7f)) {
+  if (raw.some((byte) => byte < 32 || byte === 127)) {
     throw new InputRejected('zip_bad_name', `entry ${quote(raw.toString('latin1'))} has a control character in its name; rename the file`);
   }
   // Extractors disagree on which name they use (the header's bytes or the Info-ZIP Unicode path field);
