@@ -162,6 +162,10 @@ def tucker2(W: torch.Tensor, r_out: int, r_in: int, n_iter: int = 2) -> Tucker2:
 
     HOOI (De Lathauwer et al. 2000) alternately refits each factor to the leading subspace of the kernel
     projected on the other factor; each step cannot increase the error, so n_iter = 0 is plain HOSVD.
+    The default of 2 sweeps is measured (benchmarks/compress_speed_hooi.py, VGG-16's twelve Tucker-2
+    layers at the budget rule's ranks, random weights: the hardest, flattest spectra): HOSVD alone ends
+    3.4 % above the converged error, 1 sweep 0.67 %, 2 sweeps 0.31 %, 5 sweeps 0.11 %, each sweep costing
+    about as much as the HOSVD; past 2 the time grows faster than the error falls.
     """
     _check_kernel(W, "tucker2")
     T, S, kh, kw = W.shape
