@@ -2,6 +2,7 @@
 // event to a local receiver that checks every signature with an independent implementation (the
 // `standardwebhooks` package), answers the first attempt with a 500 and so proves the signed retry.
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
@@ -129,6 +130,25 @@ describe('webhook delivery', () => {
     assertProblem(await t.http().delete(`/v1/webhooks/${id}`).set(t.authB), 404, /does not exist/);
     assert.equal((await t.http().delete(`/v1/webhooks/${id}`).set(t.authA)).status, 204);
     assertProblem(await t.http().get(`/v1/webhooks/${id}`).set(t.authA), 404, /does not exist/);
+  });
+
+  test('a delivery whose queue entry was lost (Redis down when the job ended) is sent by the sweeper', async () => {
+    const hook = (await t.http().post('/v1/webhooks').set(t.authA).send({ url: `${receiver.url}/swept`, events: ['job.failed'] })).body;
+    const id = randomUUID();
+    const body = JSON.stringify({ type: 'job.failed', timestamp: new Date().toISOString(), data: { job: { id: 'x' } } });
+    await t.env.prisma.webhookDelivery.create({
+      data: { id, webhookId: hook.id, jobId: randomUUID(), event: 'job.failed', body, createdAt: new Date(Date.now() - 120_000) },
+    });
+    assert.equal(await deliveries.sweep(), 1);
+    await waitFor('the swept delivery', async () => {
+      const row = await t.env.prisma.webhookDelivery.findUnique({ where: { id } });
+      return row?.status === 'succeeded' ? row : undefined;
+    });
+    const got = receiver.received.filter((r) => r.path === '/swept');
+    assert.equal(got.length, 1);
+    assert.equal(got[0]!.headers['webhook-id'], id);
+    assert.ok(new StandardWebhook(hook.secret).verify(got[0]!.body, got[0]!.headers));
+    assert.equal(await deliveries.sweep(), 0, 'nothing left to sweep');
   });
 
   test('a canceled job is delivered signed; a 500 is retried with the same webhook-id; other tenants hear nothing', async () => {

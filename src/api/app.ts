@@ -39,6 +39,10 @@ import { statsRoutes } from './routes/stats.js';
 import { webhookRoutes } from './routes/webhooks.js';
 import { createWebhookQueue, webhookTerminalHook } from '../webhooks/deliveries.js';
 
+/** Local store files unused this long are removed (they are in the object store, or were never finished). */
+const STORE_TEMP_MAX_AGE_MS = 60 * 60 * 1000;
+const STORE_CLEANUP_EVERY_MS = 10 * 60 * 1000;
+
 export const API_VERSION = '1.0.0';
 
 /** Everything buildApp would otherwise create. Passed-in resources belong to the caller and are not closed. */
@@ -169,6 +173,12 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   };
 
   instrumentHttp(app, metrics);
+  // Temp files of interrupted uploads and, with the S3 store, the local copies kept for inspection.
+  const storeCleanup = setInterval(() => {
+    ctx.store.cleanupTemp(STORE_TEMP_MAX_AGE_MS).catch((err: unknown) => app.log.warn({ err: (err as Error).message }, 'store cleanup failed'));
+  }, STORE_CLEANUP_EVERY_MS);
+  storeCleanup.unref();
+  owned.push(async () => clearInterval(storeCleanup));
   app.addHook('onSend', async (request, reply) => {
     reply.header('x-request-id', request.id);
   });
