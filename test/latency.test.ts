@@ -143,7 +143,7 @@ test('a MACs target the rank steps cannot hit moves to the nearest reachable one
   const refusal = await tuckerize(['candidates', model, '-o', join(dir, 'c03'), '--rule', 'budget', '--target-macs', '0.3'], engine)
     .then(() => null, (err: unknown) => err);
   assert.ok(refusal instanceof BadInputError && /cannot be hit within 2%/.test(refusal.message), String(refusal));
-  const nearest = reachableMacsTarget(refusal.message, 0.3)!;
+  const nearest = reachableMacsTarget(refusal.event, 0.3)!;
   assert.ok(nearest !== null && nearest !== 0.3 && Math.abs(nearest - 0.3) < 0.05);
   const result = await planForLatency({
     ...engine, modelPath: model, workDir: join(dir, 'w03'), targetLatency: 0.3, threads: 1, runs: 20, warmup: 0, maxRounds: 1,
@@ -156,7 +156,7 @@ test('a MACs target the rank steps cannot hit moves to the nearest reachable one
     .then(() => null, (err: unknown) => err);
   assert.ok(outOfRange instanceof BadInputError && /reachable range/.test(outOfRange.message), String(outOfRange));
   const [lo, hi] = /\[([\d.]+), ([\d.]+)\]/.exec(outOfRange.message)!.slice(1).map(Number) as [number, number];
-  const inside = reachableMacsTarget(outOfRange.message, 0.001)!;
+  const inside = reachableMacsTarget(outOfRange.event, 0.001)!;
   assert.ok(inside > lo && inside < hi);
-  assert.equal(reachableMacsTarget('layer conv: weight is not a constant', 0.5), null);
+  assert.equal(reachableMacsTarget({ event: 'error', code: 'invalid_model', detail: 'layer conv: weight is not a constant' }, 0.5), null);
 });

@@ -1,6 +1,8 @@
 // The engine's stdout protocol (docs/design.md, engine contract): one JSON object per line — progress, log,
 // result, and before a non-zero exit the error event of the C2 contract. Anything else is a stray line.
 
+import { EngineErrorEventSchema, type EngineErrorEvent } from '../contract/engine-events.js';
+
 /** One line of the engine's stdout protocol (docs/design.md, engine contract). */
 export type EngineEvent =
   | { event: 'progress'; stage: string; done: number; total: number; message?: string; [k: string]: unknown }
@@ -15,14 +17,7 @@ export type EngineEvent =
     }
   | EngineErrorEvent;
 
-/** What the engine prints before a non-zero exit: a code, a detail for people, and where (C2 contract). */
-export interface EngineErrorEvent {
-  event: 'error';
-  code: string;
-  detail: string;
-  field?: string;
-  node?: string;
-}
+export type { EngineErrorEvent };
 
 /** Splits a byte stream into lines, keeping an incomplete tail until its newline arrives. */
 export class LineSplitter {
@@ -49,8 +44,6 @@ export class LineSplitter {
     return rest.length > 0 ? [rest] : [];
   }
 }
-
-const optionalString = (v: unknown) => (typeof v === 'string' && v.length > 0 ? v : undefined);
 
 /** Parses one stdout line; null when it is not a protocol event. */
 export function parseEngineLine(line: string): EngineEvent | null {
@@ -87,10 +80,9 @@ export function parseEngineLine(line: string): EngineEvent | null {
       }
       return null;
     case 'error': {
-      if (typeof obj.code !== 'string' || typeof obj.detail !== 'string') return null;
-      const field = optionalString(obj.field);
-      const node = optionalString(obj.node);
-      return { event: 'error', code: obj.code, detail: obj.detail, ...(field ? { field } : {}), ...(node ? { node } : {}) };
+      // The contract's own schema (src/contract/engine-events.ts): code, detail, field, node, data.
+      const parsed = EngineErrorEventSchema.safeParse(obj);
+      return parsed.success ? parsed.data : null;
     }
     default:
       return null;

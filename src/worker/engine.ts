@@ -21,7 +21,8 @@ export { lastLine, LineSplitter, parseEngineLine, type EngineErrorEvent, type En
 /** Exit 2: the input cannot be processed; BullMQ must not retry it. */
 export class BadInputError extends UnrecoverableError {
   override readonly name = 'BadInputError';
-  constructor(message: string, readonly code = 'invalid_input', readonly field?: string) {
+  /** the engine's error event, when the refusal came with one (its code, field and data) */
+  constructor(message: string, readonly event: EngineErrorEvent | null = null) {
     super(message);
   }
 }
@@ -131,7 +132,7 @@ export function classifyExit(exit: EngineExit): BadInputError | ResourceExhauste
     );
   }
   if (exit.code === 2) {
-    if (exit.error) return new BadInputError(publicText(exit.error.detail), exit.error.code, exit.error.field);
+    if (exit.error) return new BadInputError(publicText(exit.error.detail), exit.error);
     return new BadInputError(publicText(lastLine(exit.stderrTail)) || 'engine refused the input (exit 2) without a message');
   }
   const how = exit.signal ? `was killed by ${exit.signal}` : `exited with code ${exit.code}`;

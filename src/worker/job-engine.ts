@@ -61,7 +61,7 @@ function relay(ctx: JobContext, event: EngineEvent): void {
       ctx.eventInBackground('result', { summary: event.summary as Prisma.InputJsonObject });
       break;
     case 'error':
-      ctx.eventInBackground('engine_error', { ...event });
+      ctx.eventInBackground('engine_error', JSON.parse(JSON.stringify(event)) as Prisma.InputJsonObject);
       break;
   }
 }

@@ -3,228 +3,22 @@
 // is not at least 5 % faster (engine/tuckerize/plan.py, rule 'latency').
 //
 // The split: `python3 -m tuckerize candidates` writes one standalone model per side and layer plus
-// candidates.json; timeCandidates() times them here and writes latency-table.json beside them; the engine
+// candidates.json; timeCandidates() (latency-timing.ts) times them and writes latency-table.json beside them; the engine
 // reads that table back (job option `latencyTable`). For `targetLatency` (compressed/original latency),
 // planForLatency() iterates: candidates at a MACs target → timing → the engine's predicted latency ratio
 // (`analyze --rule latency --json`) → targetMacs scaled by targetLatency / predicted → again, at most
 // maxRounds times; the round whose prediction lies closest to the target gives the job its options.
-import { createHash, randomUUID } from 'node:crypto';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import * as ort from 'onnxruntime-node';
 import { z } from 'zod';
 import type { EngineJobOptions, JobOptions } from '../contract/job-options.js';
+import { reachableTargets, type EngineErrorEvent } from '../contract/engine-events.js';
 import { BadInputError, EngineCrashError, runEngineCommand, type EngineSettings } from './engine.js';
-import {
-  fillNormal, latencyStats, MIN_TIMED_RUNS, ratioOf, seededUniform, sessionOptions, type GraphOptimizationLevel, type LatencyStats,
-} from './verify.js';
+import { LATENCY_TABLE_FILE, timeCandidates } from './latency-timing.js';
+import { writeJsonAtomic } from './stage-inputs.js';
 
-export const CANDIDATES_FILE = 'candidates.json';
-export const LATENCY_TABLE_FILE = 'latency-table.json';
-/** A replacement must be at least this many times as fast to be worth its accuracy cost (plan.py's rule). */
-export const LATENCY_MIN_SPEEDUP = 1.05;
-const TABLE_VERSION = 1;
-
-/** File names only: candidates.json must not point the worker outside its directory. */
-const fileName = z.string().regex(/^[A-Za-z0-9_.-]+\.onnx$/, 'a bare .onnx file name');
-
-const candidatesSchema = z.object({
-  inputShape: z.array(z.number().int().positive()),
-  layers: z.array(z.object({
-    name: z.string(),
-    kind: z.string(),
-    ranks: z.array(z.number().int()),
-    inputName: z.string(),
-    dtype: z.enum(['float32', 'float64']),
-    inputShape: z.array(z.number().int().positive()),
-    macs: z.object({ before: z.number().nullable(), after: z.number().nullable() }),
-    orig: fileName,
-    repl: fileName,
-  })),
-}).passthrough();
-export type Candidates = z.infer<typeof candidatesSchema>;
-
-export interface LayerTiming {
-  origMs: number;
-  replMs: number;
-  /** origMs / replMs (medians of wall time) */
-  speedup: number;
-  /** the same ratio of median CPU times: steadier on a shared machine, reported beside it */
-  cpuSpeedup: number | null;
-  kind: string;
-  ranks: number[];
-  inputShape: number[];
-  macs: { before: number | null; after: number | null };
-  original: LatencyStats;
-  replacement: LatencyStats;
-}
-
-export interface LatencyTable {
-  version: number;
-  threads: number;
-  runs: number;
-  warmup: number;
-  graphOptimizationLevel: GraphOptimizationLevel;
-  ortVersion: string;
-  inputShape: number[];
-  /** the whole original model at the same input shape: lets the engine add the untimed remainder */
-  model: { origMs: number; stats: LatencyStats } | null;
-  /** why the whole model was not timed, when it was not */
-  modelNote: string | null;
-  layers: Record<string, LayerTiming>;
-}
-
-export interface TimeCandidatesOptions {
-  threads: number;
-  runs: number;
-  warmup: number;
-  seed?: number;
-  /** the original model: timed whole at candidates.json's input shape (single float input only) */
-  modelPath?: string;
-  graphOptimizationLevel?: GraphOptimizationLevel;
-  /** checked between layers: a canceled job stops timing */
-  signal?: AbortSignal;
-}
-
-async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
-  const tmp = `${file}.${randomUUID()}.tmp`;
-  await writeFile(tmp, `${JSON.stringify(value, null, 2)}\n`);
-  await rename(tmp, file);
-}
-
-export async function readCandidates(dir: string): Promise<Candidates> {
-  const file = path.join(dir, CANDIDATES_FILE);
-  let raw: unknown;
-  try {
-    raw = JSON.parse(await readFile(file, 'utf8'));
-  } catch (err) {
-    throw new Error(`cannot read ${file} (write it with python3 -m tuckerize candidates IN.onnx -o DIR): ${(err as Error).message}`);
-  }
-  const parsed = candidatesSchema.safeParse(raw);
-  if (!parsed.success) throw new Error(`${file} is not a tuckerize candidates manifest: ${parsed.error.message}`);
-  return parsed.data;
-}
-
-function randomTensor(dtype: 'float32' | 'float64', dims: number[], uniform: () => number): ort.Tensor {
-  const values = fillNormal(new Float32Array(dims.reduce((a, b) => a * b, 1)), uniform);
-  return dtype === 'float64' ? new ort.Tensor('float64', Float64Array.from(values), dims) : new ort.Tensor('float32', values, dims);
-}
-
-interface Timed {
-  session: ort.InferenceSession;
-  feeds: Record<string, ort.Tensor>;
-  wallMs: number[];
-  cpuMs: number[];
-}
-
-async function runOnce(t: Timed, record: boolean): Promise<void> {
-  const cpuStart = process.cpuUsage();
-  const start = process.hrtime.bigint();
-  const out = await t.session.run(t.feeds);
-  const wall = Number(process.hrtime.bigint() - start) / 1e6;
-  const cpu = process.cpuUsage(cpuStart);
-  for (const v of Object.values(out)) v.dispose();
-  if (record) {
-    t.wallMs.push(wall);
-    t.cpuMs.push((cpu.user + cpu.system) / 1000);
-  }
-}
-
-/**
- * Times every candidate pair in `dir`, and the whole model when given, in one interleaved loop: each round
- * runs the model once and every pair once (alternating which side goes first), so a change in machine load
- * hits the model and all layers alike and the untimed remainder (model − Σ originals) stays comparable.
- * Medians of `runs` rounds after `warmup`. All sessions are open at once: memory ≈ model + its layers twice.
- * Writes DIR/latency-table.json (atomically) and returns it.
- */
-export async function timeCandidates(dir: string, options: TimeCandidatesOptions): Promise<LatencyTable> {
-  if (!(options.runs >= MIN_TIMED_RUNS)) throw new RangeError(`runs must be at least ${MIN_TIMED_RUNS}, got ${options.runs}`);
-  if (!(options.threads >= 1) || !(options.warmup >= 0)) {
-    throw new RangeError(`threads must be ≥ 1 and warmup ≥ 0; got threads ${options.threads}, warmup ${options.warmup}`);
-  }
-  const candidates = await readCandidates(dir);
-  const graphOptimizationLevel = options.graphOptimizationLevel ?? 'all';
-  const sessOpts = sessionOptions({ threads: options.threads, graphOptimizationLevel, executionMode: 'sequential' });
-  const uniform = seededUniform(options.seed ?? 0);
-  const opened: ort.InferenceSession[] = [];
-  const open = async (file: string, what: string) => {
-    try {
-      const session = await ort.InferenceSession.create(file, sessOpts);
-      opened.push(session);
-      return session;
-    } catch (err) {
-      throw new EngineCrashError(`onnxruntime could not load ${what} (${file}): ${(err as Error).message.split('\n')[0]}`);
-    }
-  };
-  const timed = (session: ort.InferenceSession, feeds: Record<string, ort.Tensor>): Timed => ({ session, feeds, wallMs: [], cpuMs: [] });
-  try {
-    const pairs: Array<{ layer: Candidates['layers'][number]; a: Timed; b: Timed }> = [];
-    for (const layer of candidates.layers) {
-      const feeds = { [layer.inputName]: randomTensor(layer.dtype, layer.inputShape, uniform) };
-      const a = await open(path.join(dir, layer.orig), `the original of layer ${layer.name}`);
-      const b = await open(path.join(dir, layer.repl), `the replacement of layer ${layer.name}`);
-      pairs.push({ layer, a: timed(a, feeds), b: timed(b, feeds) });
-    }
-    let whole: Timed | null = null;
-    let modelNote: string | null = 'the whole model was not timed (no modelPath); the prediction covers the timed layers only';
-    if (options.modelPath) {
-      const session = await open(options.modelPath, 'the original model');
-      const first = session.inputMetadata[0];
-      if (session.inputMetadata.length === 1 && first?.isTensor && (first.type === 'float32' || first.type === 'float64')) {
-        whole = timed(session, { [first.name]: randomTensor(first.type, candidates.inputShape, uniform) });
-        modelNote = null;
-      } else {
-        modelNote = `the model has ${session.inputMetadata.length} inputs or a non-float input; only its layers were timed`;
-      }
-    }
-
-    for (let round = 0; round < options.warmup + options.runs; round++) {
-      options.signal?.throwIfAborted();
-      const record = round >= options.warmup;
-      if (whole) await runOnce(whole, record);
-      for (const { a, b } of pairs) {
-        const [first, second] = round % 2 === 0 ? [a, b] : [b, a];
-        await runOnce(first, record);
-        await runOnce(second, record);
-      }
-    }
-
-    const layers: Record<string, LayerTiming> = {};
-    for (const { layer, a, b } of pairs) {
-      const original = latencyStats(a.wallMs, a.cpuMs);
-      const replacement = latencyStats(b.wallMs, b.cpuMs);
-      layers[layer.name] = {
-        origMs: original.medianMs,
-        replMs: replacement.medianMs,
-        speedup: original.medianMs / replacement.medianMs,
-        cpuSpeedup: ratioOf(original.cpuMedianMs, replacement.cpuMedianMs),
-        kind: layer.kind,
-        ranks: layer.ranks,
-        inputShape: layer.inputShape,
-        macs: layer.macs,
-        original,
-        replacement,
-      };
-    }
-    const modelStats = whole ? latencyStats(whole.wallMs, whole.cpuMs) : null;
-    const table: LatencyTable = {
-      version: TABLE_VERSION,
-      threads: options.threads,
-      runs: options.runs,
-      warmup: options.warmup,
-      graphOptimizationLevel,
-      ortVersion: ort.env.versions.node ?? ort.env.versions.common,
-      inputShape: candidates.inputShape,
-      model: modelStats ? { origMs: modelStats.medianMs, stats: modelStats } : null,
-      modelNote,
-      layers,
-    };
-    await writeJsonAtomic(path.join(dir, LATENCY_TABLE_FILE), table);
-    return table;
-  } finally {
-    for (const session of opened) await session.release();
-  }
-}
+export * from './latency-timing.js';
 
 // ---------------------------------------------------------------- the engine's side of the loop
 
@@ -332,21 +126,21 @@ async function runRound(opts: LatencyPlanOptions, round: number, targetMacs: num
 }
 
 /**
- * A MACs target the engine can hit instead of `requested`, read from its refusal: ranks.solve_budget names
- * the two nearest achievable ratios when rank steps are too coarse for the 2 % band, and the reachable
- * range when the target lies outside it. The MACs target here is the worker's own derived figure, not the
- * client's, so moving it to what the model allows is the loop's business; null when the message is another.
+ * A MACs target the engine can hit instead of `requested`, from the `data` of its `target_unreachable`
+ * error event (ranks.solve_budget): the two nearest achievable ratios when the rank steps are too coarse for
+ * the 2 % band, or the reachable range when the target lies outside it. The MACs target here is the worker's
+ * own derived figure, not the client's, so moving it to what the model allows is the loop's business; null
+ * for any other refusal.
  */
-export function reachableMacsTarget(message: string, requested: number): number | null {
-  const nearest = /nearest achievable ratios are ([\d.]+) and ([\d.]+)/.exec(message);
-  if (nearest) {
-    const options = [Number(nearest[1]), Number(nearest[2])].filter((v) => v > 0 && v < 1);
+export function reachableMacsTarget(refusal: EngineErrorEvent | null, requested: number): number | null {
+  const reachable = refusal ? reachableTargets(refusal) : null;
+  if (reachable?.nearest) {
+    const options = reachable.nearest.filter((v) => v > 0 && v < 1);
     if (options.length === 0) return null;
     return options.reduce((a, b) => (Math.abs(b - requested) < Math.abs(a - requested) ? b : a));
   }
-  const range = /reachable range is \[([\d.]+), ([\d.]+)\]/.exec(message);
-  if (range) {
-    const [lo, hi] = [Number(range[1]), Number(range[2])];
+  if (reachable?.range) {
+    const [lo, hi] = reachable.range;
     // 1 % inside the range: its ends are the all-rank-1 and full-rank extremes, hit only approximately.
     const inside = Math.min(hi * 0.99, Math.max(lo * 1.01, requested));
     return inside > 0 && inside < 1 && inside !== requested ? inside : null;
@@ -359,7 +153,7 @@ async function runRoundReachable(opts: LatencyPlanOptions, round: number, target
   try {
     return await runRound(opts, round, targetMacs);
   } catch (err) {
-    const alternative = err instanceof BadInputError ? reachableMacsTarget(err.message, targetMacs) : null;
+    const alternative = err instanceof BadInputError ? reachableMacsTarget(err.event, targetMacs) : null;
     if (alternative === null) throw err;
     return runRound(opts, round, alternative);
   }

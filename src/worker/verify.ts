@@ -6,16 +6,15 @@ import os from 'node:os';
 import * as ort from 'onnxruntime-node';
 import { estimateEnergy, type EnergyEstimate } from './energy.js';
 import { dataTypeName } from '../onnx/index.js';
+import { FidelityAccumulator, VerificationError, type FidelityResult } from './fidelity.js';
+import {
+  fillNormal, MIN_TIMED_RUNS, latencyStats, ratioOf, seededUniform, sessionOptions, timeInterleaved,
+  type ExecutionMode, type GraphOptimizationLevel, type LatencyStats, type SessionSettings,
+} from './timing.js';
 import { modelCost, observeTensorShapes, readOnnxModel, type ModelCost, type OnnxModelInfo, type TensorInfo } from './onnx-info.js';
 
-export class VerificationError extends Error {
-  override name = 'VerificationError';
-}
-
-export type GraphOptimizationLevel = 'disabled' | 'basic' | 'extended' | 'all';
-export type ExecutionMode = 'sequential' | 'parallel';
-
-export const MIN_TIMED_RUNS = 20;
+export * from './timing.js';
+export { VerificationError, type FidelityResult } from './fidelity.js';
 
 export interface VerifyOptions {
   originalPath: string;
@@ -49,28 +48,6 @@ export interface IoSignature {
   name: string;
   type: string;
   shape: Array<number | string>;
-}
-
-export interface FidelityResult {
-  /** ‖a−b‖₂ / ‖a‖₂ per output over all samples, a = original */
-  relativeError: Record<string, number>;
-  maxRelativeError: number;
-  /** share of samples where the argmax of the first [N, classes] output agrees; null without such an output */
-  top1Agreement: number | null;
-}
-
-export interface LatencyStats {
-  runs: number;
-  medianMs: number;
-  p90Ms: number;
-  meanMs: number;
-  minMs: number;
-  /**
-   * Median CPU time of this process per run (all its threads; spinning pool threads included).
-   * Unlike wall time it does not grow while other processes hold the cores, so on a shared
-   * machine its ratio is the steadier estimate of how much less work a model needs.
-   */
-  cpuMedianMs: number | null;
 }
 
 export interface LatencyResult {
@@ -126,78 +103,7 @@ export interface MeasurementReport {
   notes: string[];
 }
 
-// ---------------------------------------------------------------- helpers
-
-/** mulberry32: small, fast, and reproducible across platforms for a given seed */
-export function seededUniform(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** Standard normal samples (Box–Muller): inputs look like normalised images, not [0, 1) noise. */
-export function fillNormal(data: Float32Array, uniform: () => number): Float32Array {
-  for (let i = 0; i < data.length; i += 2) {
-    const u1 = 1 - uniform(); // (0, 1]: log stays finite
-    const u2 = uniform();
-    const radius = Math.sqrt(-2 * Math.log(u1));
-    data[i] = radius * Math.cos(2 * Math.PI * u2);
-    if (i + 1 < data.length) data[i + 1] = radius * Math.sin(2 * Math.PI * u2);
-  }
-  return data;
-}
-
-export function median(sorted: readonly number[]): number {
-  const n = sorted.length;
-  if (n === 0) throw new RangeError('median of no samples');
-  const mid = n >> 1;
-  return n % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
-
-/** nearest-rank percentile of ascending samples */
-export function percentile(sorted: readonly number[], p: number): number {
-  if (sorted.length === 0) throw new RangeError('percentile of no samples');
-  const rank = Math.max(1, Math.ceil((p / 100) * sorted.length));
-  return sorted[rank - 1]!;
-}
-
-export function latencyStats(wallMs: readonly number[], cpuMs?: readonly number[]): LatencyStats {
-  const sorted = [...wallMs].sort((a, b) => a - b);
-  return {
-    runs: sorted.length,
-    medianMs: median(sorted),
-    p90Ms: percentile(sorted, 90),
-    meanMs: sorted.reduce((s, v) => s + v, 0) / sorted.length,
-    minMs: sorted[0]!,
-    cpuMedianMs: cpuMs && cpuMs.length > 0 ? median([...cpuMs].sort((a, b) => a - b)) : null,
-  };
-}
-
-export const ratioOf = (a: number | null, b: number | null): number | null => (a !== null && b !== null && b > 0 ? a / b : null);
-
 const compare = (before: number, after: number): Comparison => ({ before, after, ratio: after === 0 ? Infinity : before / after });
-
-export interface SessionSettings {
-  threads: number;
-  graphOptimizationLevel: GraphOptimizationLevel;
-  executionMode: ExecutionMode;
-}
-
-export function sessionOptions(settings: SessionSettings): ort.InferenceSession.SessionOptions {
-  return {
-    executionProviders: ['cpu'],
-    intraOpNumThreads: settings.threads,
-    interOpNumThreads: 1,
-    graphOptimizationLevel: settings.graphOptimizationLevel,
-    executionMode: settings.executionMode,
-    logSeverityLevel: 3,
-  };
-}
 
 async function loadChecked(path: string, role: string, options: ort.InferenceSession.SessionOptions) {
   let info: OnnxModelInfo;
@@ -294,117 +200,7 @@ function randomFeeds(inputs: IoSignature[], batch: number, uniform: () => number
   return feeds;
 }
 
-class FidelityAccumulator {
-  private diff2 = new Map<string, number>();
-  private ref2 = new Map<string, number>();
-  private agree = 0;
-  private compared = 0;
-  private classifierOutput: string | null | undefined = undefined;
-
-  constructor(private readonly role: string) {}
-
-  add(original: ort.InferenceSession.OnnxValueMapType, other: ort.InferenceSession.OnnxValueMapType): void {
-    for (const [name, ref] of Object.entries(original)) {
-      const cand = other[name];
-      if (!cand) throw new VerificationError(`the ${this.role} model produced no output '${name}'`);
-      if (ref.dims.join('x') !== cand.dims.join('x')) {
-        throw new VerificationError(
-          `output '${name}' has shape [${ref.dims.join(', ')}] from the original but [${cand.dims.join(', ')}] from the ${this.role} model`,
-        );
-      }
-      const a = ref.data as Float32Array;
-      const b = cand.data as Float32Array;
-      let d2 = 0;
-      let r2 = 0;
-      for (let i = 0; i < a.length; i++) {
-        const av = a[i]!;
-        const bv = b[i]!;
-        if (!Number.isFinite(bv)) {
-          throw new VerificationError(`output '${name}' of the ${this.role} model contains ${bv} at element ${i}: the artifact is broken`);
-        }
-        if (!Number.isFinite(av)) {
-          throw new VerificationError(`output '${name}' of the original model contains ${av} at element ${i}: cannot compare against it`);
-        }
-        d2 += (av - bv) ** 2;
-        r2 += av ** 2;
-      }
-      this.diff2.set(name, (this.diff2.get(name) ?? 0) + d2);
-      this.ref2.set(name, (this.ref2.get(name) ?? 0) + r2);
-    }
-    if (this.classifierOutput === undefined) {
-      const first = Object.entries(original).find(([, v]) => v.dims.length === 2 && Number(v.dims[1]) > 1);
-      this.classifierOutput = first ? first[0] : null;
-    }
-    if (this.classifierOutput !== null) {
-      const ref = original[this.classifierOutput]!;
-      const cand = other[this.classifierOutput]!;
-      const [rows, cols] = ref.dims.map(Number) as [number, number];
-      const argmax = (data: Float32Array, row: number) => {
-        let best = 0;
-        for (let c = 1; c < cols; c++) if (data[row * cols + c]! > data[row * cols + best]!) best = c;
-        return best;
-      };
-      for (let r = 0; r < rows; r++) {
-        if (argmax(ref.data as Float32Array, r) === argmax(cand.data as Float32Array, r)) this.agree++;
-        this.compared++;
-      }
-    }
-  }
-
-  result(): FidelityResult {
-    const relativeError: Record<string, number> = {};
-    for (const [name, d2] of this.diff2) {
-      const r2 = this.ref2.get(name)!;
-      relativeError[name] = r2 === 0 ? (d2 === 0 ? 0 : Infinity) : Math.sqrt(d2 / r2);
-    }
-    return {
-      relativeError,
-      maxRelativeError: Math.max(0, ...Object.values(relativeError)),
-      top1Agreement: this.compared > 0 ? this.agree / this.compared : null,
-    };
-  }
-}
-
 type Session = ort.InferenceSession;
-
-export interface TimingSamples {
-  wallMs: number[];
-  cpuMs: number[];
-}
-
-/**
- * Times two sessions on the same feeds, alternating which goes first each round so that neither
- * systematically benefits from a warmer cache or a quieter moment.
- */
-export async function timeInterleaved(
-  a: Session, b: Session, feeds: Record<string, ort.Tensor>, runs: number, warmup: number,
-): Promise<{ a: TimingSamples; b: TimingSamples }> {
-  const once = async (s: Session, into?: TimingSamples): Promise<void> => {
-    const cpuStart = process.cpuUsage();
-    const start = process.hrtime.bigint();
-    const out = await s.run(feeds);
-    const wall = Number(process.hrtime.bigint() - start) / 1e6;
-    const cpu = process.cpuUsage(cpuStart);
-    for (const v of Object.values(out)) v.dispose();
-    into?.wallMs.push(wall);
-    into?.cpuMs.push((cpu.user + cpu.system) / 1000);
-  };
-  for (let i = 0; i < warmup; i++) {
-    await once(a);
-    await once(b);
-  }
-  const samples = { a: { wallMs: [], cpuMs: [] } as TimingSamples, b: { wallMs: [], cpuMs: [] } as TimingSamples };
-  for (let i = 0; i < runs; i++) {
-    if (i % 2 === 0) {
-      await once(a, samples.a);
-      await once(b, samples.b);
-    } else {
-      await once(b, samples.b);
-      await once(a, samples.a);
-    }
-  }
-  return samples;
-}
 
 // ---------------------------------------------------------------- the entry point
 
