@@ -9,16 +9,18 @@
 //   --python P     interpreter with torch and onnx (default /usr/bin/python3)
 //   --json FILE    raw results (default: benchmarks/results.json, or beside --out / the quick markdown)
 //   --from-json F  re-render the markdown from a previous run's results JSON instead of measuring
+import { execFile } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
+import { parseArgs, promisify } from 'node:util';
 import { renderMarkdown, runBenchmarks, type BenchPlan, type BenchResults, type SessionExperiment } from '../src/worker/bench.js';
 import { measureAlignment, renderAlignment } from './alignment.js';
 import { layerProfileSvg } from './layer-plot.js';
 import { replaceSection } from './sections.js';
 import { measureThreads, renderThreads } from './threads.js';
 
+const execFileAsync = promisify(execFile);
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 const { values } = parseArgs({
@@ -159,6 +161,12 @@ async function measureIssue11(r: BenchResults): Promise<void> {
   });
   await writeFile(path.join(repoRoot, 'benchmarks', 'threads.json'), JSON.stringify(threadResults, null, 2));
   await replaceSection(out, 'threads', renderThreads(threadResults));
+  // The engine-side tables: HOOI sweeps on this VGG-16 plan's Tucker-2 layers, and the FC eigensolvers.
+  const engineEnv = { ...process.env, PYTHONPATH: [path.join(repoRoot, 'engine'), path.join(repoRoot, 'engine', 'tests')].join(path.delimiter) };
+  await execFileAsync(values.python, [path.join(repoRoot, 'benchmarks', 'compress_speed_hooi.py'), '--model', vgg.originalPath,
+    '--plan', vgg.compression.plan, '--out', out], { env: engineEnv, maxBuffer: 16 * 1024 * 1024 });
+  await execFileAsync(values.python, [path.join(repoRoot, 'benchmarks', 'compress_speed_fc.py'), '--out', out],
+    { env: { ...engineEnv, OMP_NUM_THREADS: '1' }, maxBuffer: 16 * 1024 * 1024 });
 }
 
 function caseLabelOf(c: { model: string; inputSize: number; targetMacsReduction?: number }): string {
