@@ -9,7 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { Webhook as StandardWebhook } from 'standardwebhooks';
-import { createWebhookQueue, startDeliveryWorker, type DeliveryWorker } from '../src/webhooks/deliveries.js';
+import { createWebhookQueue, postSigned, startDeliveryWorker, type DeliveryWorker } from '../src/webhooks/deliveries.js';
 import { forbiddenRange } from '../src/webhooks/destination.js';
 import { signWebhook } from '../src/webhooks/signing.js';
 import { assertProblem, startTestApp, type TestApp } from './helpers/app.js';
@@ -54,6 +54,15 @@ describe('SSRF guard', () => {
       assert.notEqual(forbiddenRange(address), null, address);
     }
     for (const address of ['8.8.8.8', '1.1.1.1', '2606:4700:4700::1111', '::ffff:8.8.8.8']) assert.equal(forbiddenRange(address), null, address);
+  });
+
+  test('a delivery to an internal address is refused at connect time, by literal or by name', async () => {
+    const strict = { allowPrivate: false, timeoutMs: 2000, attempts: 1, backoffMs: 1 };
+    for (const url of ['http://127.0.0.1:9/x', 'http://[::1]:9/x', 'http://localhost:9/x']) {
+      const result = await postSigned(url, {}, '{}', strict);
+      assert.equal(result.statusCode, null, url);
+      assert.match(String(result.error), /public addresses only/, url);
+    }
   });
 
   test('signatures follow Standard Webhooks (checked by the standardwebhooks package)', () => {

@@ -6,6 +6,7 @@
 // deliveries whose BullMQ job was lost (Redis down when the job ended, or restarted without persistence).
 import http from 'node:http';
 import https from 'node:https';
+import net from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { DelayedError, Queue, Worker, type ConnectionOptions, type Job as QueueJob } from 'bullmq';
 import type { Logger } from 'pino';
@@ -13,7 +14,7 @@ import type { Job, Prisma, PrismaClient } from '@prisma/client';
 import type { WebhookConfig } from '../config.js';
 import type { TerminalHook } from '../jobs/state.js';
 import { jobView } from '../jobs/view.js';
-import { guardedLookup } from './destination.js';
+import { forbiddenRange, guardedLookup } from './destination.js';
 import { signWebhook } from './signing.js';
 
 export const WEBHOOK_QUEUE = 'webhooks';
@@ -84,6 +85,12 @@ export function postSigned(url: string, headers: Record<string, string>, body: s
   const started = performance.now();
   const target = new URL(url);
   const client = target.protocol === 'https:' ? https : http;
+  // Sockets skip the DNS lookup (and so guardedLookup) for an IP literal: check it here.
+  const literal = target.hostname.replace(/^\[|\]$/g, '');
+  const range = net.isIP(literal) ? forbiddenRange(literal) : null;
+  if (range !== null && !config.allowPrivate) {
+    return Promise.resolve({ statusCode: null, error: `${literal} is a ${range} address; webhooks are delivered to public addresses only`, durationMs: 0 });
+  }
   return new Promise((resolve) => {
     let settled = false;
     const finish = (statusCode: number | null, error: string | null): void => {
