@@ -2,7 +2,7 @@
 // and where the time goes per operator type, from onnxruntime's own profiler (enableProfiling).
 //
 //   node --import tsx benchmarks/threads.ts --original O.onnx --compressed C.onnx [--threads 1,2] [--runs 20]
-//        [--label vgg16] [--out BENCHMARKS.md] [--json F]
+//        [--label vgg16] [--out BENCHMARKS.md] [--json F] [--section NAME (default threads)]
 //
 // Writes its section of BENCHMARKS.md between <!-- threads:begin --> and <!-- threads:end -->.
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -132,7 +132,7 @@ export function renderThreads(r: ThreadResults): string {
   const ops = [...new Set(r.rows.flatMap((row) => [...Object.keys(row.profile.original), ...Object.keys(row.profile.compressed)]))];
   const weight = (op: string) => Math.max(...r.rows.map((row) => row.profile.compressed[op]?.ms ?? 0));
   ops.sort((a, b) => weight(b) - weight(a));
-  lines.push('', 'Per operator type, from onnxruntime\'s profiler (kernel time per run, median-free mean over the profiled runs; '
+  lines.push('', 'Per operator type, from onnxruntime\'s profiler (kernel time per run, the mean over the profiled runs; '
     + 'node counts after onnxruntime\'s graph optimisations, so fused and layout-reorder nodes show as it runs them):', '');
   lines.push(`| operator | ${r.rows.map((row) => `original ${row.threads}t (ms) | compressed ${row.threads}t (ms)`).join(' | ')} | nodes (original / compressed) |`);
   lines.push(`|---|${r.rows.map(() => '---:|---:').join('|')}|---|`);
@@ -159,6 +159,7 @@ async function main(): Promise<void> {
       json: { type: 'string', default: path.join(repoRoot, 'benchmarks', 'threads.json') },
       'work-dir': { type: 'string', default: path.join(repoRoot, '.cache', 'bench', 'threads') },
       'from-json': { type: 'string' },
+      section: { type: 'string', default: 'threads' },
     },
   });
   let results: ThreadResults;
@@ -175,7 +176,7 @@ async function main(): Promise<void> {
     });
     await writeFile(values.json, JSON.stringify(results, null, 2));
   }
-  await replaceSection(values.out, 'threads', renderThreads(results));
+  await replaceSection(values.out, values.section, renderThreads(results));
   process.stderr.write(`[threads] wrote ${values.out}\n`);
 }
 
