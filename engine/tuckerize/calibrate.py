@@ -334,3 +334,36 @@ def calibration_images(spec: str, input_shape: list, samples: int, seed: int) ->
     generator = torch.Generator().manual_seed(seed + 104729)
     chosen = torch.randperm(len(train_set), generator=generator)[:samples].sort().values
     return train_set.x[chosen]
+
+
+def calibrate_stage(job: dict, original: onnx.ModelProto, compressed: onnx.ModelProto, layer_names: list[str],
+                    samples: int, emit: Emit) -> tuple[onnx.ModelProto, dict]:
+    """run.py's calibration stage: the calibrated model and the report's `calibration` section.
+
+    The section holds the per-layer output errors before/after the refit and the held-out accuracy of
+    the rewritten model without and with calibration (both before any fine-tuning).
+    """
+    from .finetune import evaluate_logits, model_input_shape, parse_options, predict, training_data
+
+    options = job.get("options") or {}
+    input_shape = model_input_shape(original, options.get("inputShape"))
+    seed = int(job.get("seed", 0))
+    train_set, heldout = training_data(job["dataset"], input_shape, seed, parse_options(options.get("finetune")))
+    generator = torch.Generator().manual_seed(seed + 104729)
+    chosen = torch.randperm(len(train_set), generator=generator)[:samples].sort().values
+    images = train_set.x[chosen]
+
+    def progress(done: int, total: int, name: str) -> None:
+        # Calibration completes the rewrite: its events belong to that stage, as the service knows it.
+        emit({"event": "progress", "stage": "rewrite", "done": done, "total": total, "message": f"calibrated {name}"})
+
+    calibrated, report = calibrate(original, compressed, layer_names, images, progress)
+    device = torch.device("cpu")
+    teacher = predict(OnnxModule(original), heldout.x, device)
+    report["heldout"] = {
+        "samples": len(heldout), "split": heldout.info.get("split"),
+        "original": evaluate_logits(teacher, heldout.y, None),
+        "withoutCalibration": evaluate_logits(predict(OnnxModule(compressed), heldout.x, device), heldout.y, teacher),
+        "withCalibration": evaluate_logits(predict(OnnxModule(calibrated), heldout.x, device), heldout.y, teacher),
+    }
+    return calibrated, report

@@ -90,8 +90,11 @@ def _property_schema(schema: dict, field: str) -> dict:
     return node
 
 
-def plan_kwargs(options: dict, latency_table: Optional[dict] = None) -> dict:
+def plan_kwargs(options: dict, latency_table: Optional[dict] = None, default_method: str = "paper") -> dict:
     """plan.make_plan's rank-rule keyword arguments for `options`.
+
+    default_method: the plan method when options.method is absent; jobs (run.py) use 'improved', the
+    CLI's compress/analyze keep the paper's method unless --method says otherwise.
 
     latency_table: options.latencyTable already read (the job's checkpoint key needs its content);
     read from the path in the options when not given.
@@ -104,6 +107,16 @@ def plan_kwargs(options: dict, latency_table: Optional[dict] = None) -> dict:
         "target_macs": options.get("targetMacs"), "target_params": options.get("targetParams"),
         "target_latency": options.get("targetLatency"), "latency_table": latency_table,
         # Ranks are rounded to the deployment CPU's channel block (ranks.channel_block): this machine's
-        # unless options.target names another ({"block": 1} turns rounding off).
-        "target": options.get("target", TARGET_HOST),
+        # unless options.target names another ({"block": 1} turns rounding off). The paper's method
+        # has no rounding unless the job asks for it.
+        "target": options.get("target", {"block": 1} if options.get("method") == "paper" else TARGET_HOST),
+        "method": options.get("method", default_method),
     }
+
+
+def calibration_samples(options: dict, has_dataset: bool) -> int:
+    """Images for calibrate.py: options.calibrationSamples, else 1024 with a dataset and method 'improved'."""
+    if not has_dataset:
+        return 0
+    default = 0 if options.get("method") == "paper" else 1024
+    return int(options.get("calibrationSamples", default))

@@ -23,7 +23,7 @@ from .device import describe as describe_device
 from .errors import EngineInputError, input_errors
 from .exits import EXIT_OK, EXIT_TERMINATED
 from .latency_table import read_latency_table
-from .options import plan_kwargs, validate_options
+from .options import calibration_samples, plan_kwargs, validate_options
 
 STAGES = ("analyze", "plan", "rewrite", "finetune", "evaluate", "write")
 # Bumped when the rewrite of the same input and options would produce a different model.
@@ -189,7 +189,18 @@ def _pipeline(job: dict, stages: _Stages) -> None:
     latency_table = read_latency_table(options["latencyTable"]) if options.get("latencyTable") else None
     key = _checkpoint_key(model_sha, options, latency_table)
     checkpoint = _load_checkpoint(job["workDir"], key)
-    if checkpoint is not None:
+    samples = calibration_samples(options, bool(job.get("dataset")))
+    search = None
+    if options.get("maxAccuracyDrop") is not None:
+        # Accuracy-target mode: the plan is chosen by measuring candidates (search.py); its progress
+        # events, one per candidate, belong to the plan stage.
+        from .search import accuracy_search
+        with stages.stage("plan", len(layers)), input_errors("invalid_option"):
+            search = accuracy_search(job, original, input_shape, plan_kwargs(options, latency_table, "improved"),
+                                     samples, stages.emit, shapes=shapes, layers=layers)
+        plan, compressed = search.plan, search.rewritten
+        stages.timings["rewrite"] = 0.0
+    elif checkpoint is not None:
         plan, compressed = checkpoint
         stages.progress("plan", len(layers), len(layers), "resumed from the checkpoint in workDir")
         stages.progress("rewrite", len(plan.rewritten()), len(plan.rewritten()), "resumed from the checkpoint")
@@ -197,7 +208,7 @@ def _pipeline(job: dict, stages: _Stages) -> None:
     else:
         with stages.stage("plan", len(layers)), input_errors("invalid_option"):
             plan = make_plan(
-                original, input_shape, **plan_kwargs(options, latency_table), shapes=shapes, layers=layers,
+                original, input_shape, **plan_kwargs(options, latency_table, "improved"), shapes=shapes, layers=layers,
                 progress=lambda done, total, name: stages.progress("plan", done, total, name))
         rewritten = plan.rewritten()
         with stages.stage("rewrite", len(rewritten)), input_errors("invalid_model"):
@@ -212,7 +223,18 @@ def _pipeline(job: dict, stages: _Stages) -> None:
     # The rewrite alone is what the relative-error check judges (after fine-tuning the outputs are meant
     # to move), and the worker verifies it separately from the fine-tuned artifact.
     rewritten_model = compressed
-    accuracy, finetune_report = None, None
+    accuracy, finetune_report, calibration = None, None, None
+    if search is not None:
+        compressed = search.model
+    elif samples and plan.rewritten():
+        # Calibration (calibrate.py) refits the rewritten layers on the job's images; its progress
+        # belongs to the rewrite stage, which it completes.
+        from .calibrate import calibrate_stage
+        start = time.perf_counter()
+        with input_errors("invalid_dataset"):
+            compressed, calibration = calibrate_stage(job, original, compressed, [e.name for e in plan.rewritten()],
+                                                      samples, stages.emit)
+        stages.timings["calibrate"] = round(time.perf_counter() - start, 4)
     if options.get("finetune") is not None:
         atomic_write_bytes(os.path.join(job["outputDir"], "compressed-before-finetune.onnx"),
                            rewritten_model.SerializeToString())
@@ -264,6 +286,10 @@ def _pipeline(job: dict, stages: _Stages) -> None:
             "fidelity": fidelity,
             "accuracy": accuracy,
             "finetune": finetune_report,
+            "method": options.get("method", "improved"),
+            "calibration": calibration,
+            "search": None if search is None else search.section,
+            "tradeoff": None if search is None else search.tradeoff,
             "timings": dict(stages.timings),
             "profile": profile,
             # the worker's accelerator (or "cpu"): shown with the job and in the worker's /metrics
@@ -280,6 +306,7 @@ def _pipeline(job: dict, stages: _Stages) -> None:
             "relativeError": fidelity.get("relativeError"),
             "accuracy": accuracy,
             "latency": totals.get("latency"),
+            "search": None if search is None else {k: search.section[k] for k in ("maxAccuracyDrop", "met", "message")},
         },
     })
 

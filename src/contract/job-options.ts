@@ -41,6 +41,18 @@ export const FinetuneOptionsSchema = z
       .max(1e6, 'finetune.clipGradNorm must be ≤ 1e6')
       .optional()
       .describe('clip the gradient norm at this value (default 5; 0 = no clipping)'),
+    featureWeight: z
+      .number()
+      .min(0, 'finetune.featureWeight must be ≥ 0 (0 turns feature distillation off)')
+      .max(1000)
+      .optional()
+      .describe('weight of feature distillation at the rewritten layers (relative squared error of each output)'),
+    evalEvery: z
+      .number()
+      .gt(0, 'finetune.evalEvery must be > 0')
+      .max(1000)
+      .optional()
+      .describe('also check the held-out split every this many epochs (e.g. 0.25), recorded in the history'),
   })
   .strict()
   .meta({ id: 'FinetuneOptions', description: 'present = fine-tune the compressed model; absent = no fine-tuning' });
@@ -72,6 +84,26 @@ const clientFields = {
     .optional()
     .describe('[N, C, H, W] used for shapes and MACs when the model input has symbolic dims'),
   finetune: FinetuneOptionsSchema.optional(),
+  method: z
+    .enum(['improved', 'paper'])
+    .optional()
+    .describe('improved (default): layer selection, rank floor 8, calibration with a dataset; paper: Kim et al. '
+      + '2016 exactly (every eligible layer at the rule\'s ranks, no rank rounding, no calibration)'),
+  calibrationSamples: z
+    .number()
+    .int('calibrationSamples must be a whole number')
+    .min(0, 'calibrationSamples must be ≥ 0 (0 turns calibration off)')
+    .max(60000)
+    .optional()
+    .describe('training images (labels not needed) used to calibrate the rewritten layers before fine-tuning; '
+      + 'default 1024 with a dataset and method improved, 0 = off'),
+  maxAccuracyDrop: z
+    .number({ error: 'maxAccuracyDrop must be a number' })
+    .gt(0, 'maxAccuracyDrop must be > 0')
+    .max(100, 'maxAccuracyDrop must be ≤ 100')
+    .optional()
+    .describe('accuracy-target mode: the most compressed model whose top-1 on the held-out split is at most this '
+      + 'many points below the original (rule vbmf; needs a labelled dataset); the report holds the trade-off curve'),
 };
 
 const workerFields = {
@@ -95,18 +127,18 @@ export type RuleTable = Readonly<Record<RankRule, RuleFields>>;
 
 /** What a client may combine. rule=latency leaves targetMacs and the strength to the worker's measurements. */
 export const CLIENT_RULE_FIELDS: RuleTable = {
-  vbmf: { forbidden: ['ratio', 'targetMacs', 'targetParams', 'targetLatency'] },
-  ratio: { required: ['ratio'], forbidden: ['strength', 'targetMacs', 'targetParams', 'targetLatency'] },
-  budget: { oneOf: ['targetMacs', 'targetParams'], forbidden: ['ratio', 'strength', 'targetLatency'] },
-  latency: { required: ['targetLatency'], forbidden: ['ratio', 'strength', 'targetMacs', 'targetParams'] },
+  vbmf: { forbidden: ['ratio', 'targetMacs', 'targetParams', 'targetLatency'], exclusive: [['maxAccuracyDrop', 'strength']] },
+  ratio: { required: ['ratio'], forbidden: ['strength', 'targetMacs', 'targetParams', 'targetLatency', 'maxAccuracyDrop'] },
+  budget: { oneOf: ['targetMacs', 'targetParams'], forbidden: ['ratio', 'strength', 'targetLatency', 'maxAccuracyDrop'] },
+  latency: { required: ['targetLatency'], forbidden: ['ratio', 'strength', 'targetMacs', 'targetParams', 'maxAccuracyDrop'] },
 };
 
 /** What the engine plans with (plan.make_plan's checks): the client's rules plus the worker's latency fields. */
 export const ENGINE_RULE_FIELDS: RuleTable = {
-  vbmf: { forbidden: ['ratio', 'targetMacs', 'targetParams', 'targetLatency', 'latencyTable'] },
-  ratio: { required: ['ratio'], forbidden: ['strength', 'targetMacs', 'targetParams', 'targetLatency', 'latencyTable'] },
-  budget: { oneOf: ['targetMacs', 'targetParams'], forbidden: ['ratio', 'strength', 'targetLatency', 'latencyTable'] },
-  latency: { required: ['latencyTable'], forbidden: ['ratio', 'targetParams'], exclusive: [['targetMacs', 'strength']] },
+  vbmf: { forbidden: ['ratio', 'targetMacs', 'targetParams', 'targetLatency', 'latencyTable'], exclusive: [['maxAccuracyDrop', 'strength']] },
+  ratio: { required: ['ratio'], forbidden: ['strength', 'targetMacs', 'targetParams', 'targetLatency', 'latencyTable', 'maxAccuracyDrop'] },
+  budget: { oneOf: ['targetMacs', 'targetParams'], forbidden: ['ratio', 'strength', 'targetLatency', 'latencyTable', 'maxAccuracyDrop'] },
+  latency: { required: ['latencyTable'], forbidden: ['ratio', 'targetParams', 'maxAccuracyDrop'], exclusive: [['targetMacs', 'strength']] },
 };
 
 export interface RuleViolation {
