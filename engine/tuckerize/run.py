@@ -24,10 +24,11 @@ from .errors import EngineInputError, input_errors
 from .exits import EXIT_OK, EXIT_TERMINATED
 from .latency_table import read_latency_table
 from .options import calibration_samples, plan_kwargs, validate_options
+from .ranks import channel_block
 
 STAGES = ("analyze", "plan", "rewrite", "finetune", "evaluate", "write")
 # Bumped when the rewrite of the same input and options would produce a different model.
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2             # 2: ranks rounded to the target CPU's channel block by default
 
 Emit = Callable[[dict], None]
 
@@ -360,6 +361,9 @@ def _fidelity(original, compressed, input_shape, seed: int, stages: _Stages) -> 
 def _checkpoint_key(model_sha: str, options: dict, latency_table: Optional[dict] = None) -> str:
     # The table's path stays the same when a retried job re-times the candidates; its content decides.
     relevant = {k: v for k, v in options.items() if k not in ("finetune", "latencyTable")}
+    # The default target is this machine's CPU: a retry on another CPU class must not reuse the plan.
+    target = plan_kwargs(options, latency_table=latency_table or {})["target"]
+    relevant["target"] = channel_block(target, options.get("roundTo")).block
     text = json.dumps({"model": model_sha, "options": relevant, "latencyTable": latency_table,
                        "version": CHECKPOINT_VERSION}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
