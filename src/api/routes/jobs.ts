@@ -159,6 +159,18 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
           estimated = dataset;
         }
       }
+      if (body.options.maxAccuracyDrop !== undefined) {
+        // Accuracy-target mode measures top-1 on the dataset's held-out split: it needs labels.
+        const labelled = estimated === 'builtin' || (estimated !== null && (estimated.info as { labelled?: boolean }).labelled === true);
+        if (!labelled) {
+          const message = estimated === null
+            ? 'options.maxAccuracyDrop measures top-1 on a held-out split: give datasetId (a labelled dataset or builtin:fashion-mnist)'
+            : `options.maxAccuracyDrop measures top-1 on a held-out split, but dataset ${body.datasetId} has no labels; upload a labelled dataset or drop maxAccuracyDrop`;
+          throw new ApiError(422, 'unprocessable', 'Unprocessable content', message, [
+            { in: 'body', pointer: estimated === null ? '/datasetId' : '/options/maxAccuracyDrop', detail: message },
+          ]);
+        }
+      }
       const estimate = await admitJob(prisma, ctx.config, tenantId, { model, dataset: estimated, options: body.options });
 
       let job: Job;
