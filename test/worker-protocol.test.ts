@@ -71,6 +71,15 @@ describe('parseEngineLine', () => {
     assert.equal(parseEngineLine('{"event":"progress","stage":"x","done":"1","total":2}'), null);
     assert.equal(parseEngineLine('{"event":"result","report":"r.json"}'), null);
   });
+
+  it('reads the error event of the C2 contract with its field and data, and refuses codes the contract lacks', () => {
+    const line = '{"event":"error","code":"target_unreachable","detail":"targetMacs 0.001 is out of reach","field":"targetMacs","data":{"range":[0.02,0.98]}}';
+    assert.deepEqual(parseEngineLine(line), {
+      event: 'error', code: 'target_unreachable', detail: 'targetMacs 0.001 is out of reach', field: 'targetMacs', data: { range: [0.02, 0.98] },
+    });
+    assert.equal(parseEngineLine('{"event":"error","code":"made_up","detail":"x"}'), null);
+    assert.equal(parseEngineLine('{"event":"error","code":"invalid_model"}'), null);
+  });
 });
 
 describe('classifyExit', () => {
@@ -80,6 +89,14 @@ describe('classifyExit', () => {
   it('succeeds only with exit 0 and a result line', () => {
     assert.equal(classifyExit(exit({})), null);
     assert.ok(classifyExit(exit({ result: null })) instanceof EngineCrashError);
+  });
+
+  it('prefers the error event to stderr, and keeps it on the error', () => {
+    const event = { event: 'error' as const, code: 'invalid_option' as const, detail: 'finetune.lr must be > 0 (in /srv/jobs/x/job.json)', field: 'finetune.lr' };
+    const err = classifyExit(exit({ code: 2, result: null, error: event, stderrTail: 'tuckerize: error: something else' }));
+    assert.ok(err instanceof BadInputError);
+    assert.equal(err.message, 'finetune.lr must be > 0 (in job.json)');
+    assert.equal(err.event?.field, 'finetune.lr');
   });
 
   it('maps exit 2 to an unrecoverable error carrying the last stderr line', () => {
