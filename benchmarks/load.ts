@@ -141,11 +141,19 @@ async function runCannon(
 /** Opens `count` SSE streams on a job and waits until each answered 200; returns the function that closes them. */
 async function openStreams(baseUrl: string, apiKey: string, jobId: string, count: number): Promise<() => void> {
   const controller = new AbortController();
-  const responses = await Promise.all(
-    Array.from({ length: count }, () =>
-      fetch(`${baseUrl}/v1/jobs/${jobId}/events`, { headers: { authorization: `Bearer ${apiKey}` }, signal: controller.signal }),
-    ),
-  );
+  const deadline = Date.now() + 15_000;
+  // The server frees the slots of streams closed just before once it has seen their sockets close: a 429
+  // for the per-tenant cap is retried until then.
+  const open = async (): Promise<Response> => {
+    for (;;) {
+      const res = await fetch(`${baseUrl}/v1/jobs/${jobId}/events`, { headers: { authorization: `Bearer ${apiKey}` }, signal: controller.signal });
+      if (res.status !== 429 || Date.now() > deadline) return res;
+      const problem = (await res.json()) as { type?: string; detail?: string };
+      if (!problem.type?.endsWith('/too-many-streams')) throw new Error(`an event stream was refused: ${problem.detail}`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  };
+  const responses = await Promise.all(Array.from({ length: count }, open));
   const refused = responses.filter((r) => r.status !== 200);
   if (refused.length > 0) throw new Error(`${refused.length} of ${count} event streams were refused: ${refused[0]?.status}`);
   // Read (and drop) what the streams carry, as a client would, so the server's writes never back up.

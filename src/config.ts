@@ -114,7 +114,7 @@ export interface Config {
   engineThreads: number;
   /** RLIMIT_AS of each engine process in MiB (prlimit --as); null: no limit */
   engineMemoryLimitMb: number | null;
-  /** per client address, for requests without an API key this process has recently verified */
+  /** per client address, for requests without an API key this process's last database read found valid */
   rateLimitUnauthenticatedPerMinute: number;
   /** how long a verified API key is trusted without a database read (a revocation takes effect within it) */
   authCacheTtlMs: number;

@@ -74,9 +74,11 @@ async function verify(prisma: PrismaClient, key: string, hash: string): Promise<
 
 /**
  * Authentication with a short-lived in-process cache of verified keys, so a valid request costs no database
- * round trip. Entries are keyed by the sha256 of the whole key (a wrong secret never hits an entry) and live
- * `ttlMs`: a key revoked in the database is still accepted by this process for at most that long. Failures
- * are not cached; they are throttled per client address before authentication runs (see app.ts).
+ * round trip. Entries are keyed by the sha256 of the whole key (a wrong secret never hits an entry) and are
+ * trusted for `ttlMs`: a key revoked in the database is still accepted by this process for at most that long.
+ * After that the next request reads the key again; the entry stays as "known valid" until a read refuses the
+ * key, so a client's requests are not counted against its address limit each time its entry goes stale.
+ * Failures are not cached; they are throttled per client address before authentication runs (http-limits.ts).
  */
 export class Authenticator {
   private readonly verified = new Map<string, { principal: Principal; expiresAt: number }>();
@@ -91,32 +93,30 @@ export class Authenticator {
   async authenticate(authorization: string | undefined): Promise<Principal> {
     const key = presentedKey(authorization);
     const hash = hashApiKey(key);
-    const cached = this.lookup(hash);
-    if (cached) return cached;
-    const principal = await verify(this.prisma, key, hash);
+    const entry = this.verified.get(hash);
+    if (entry && entry.expiresAt > this.now()) return entry.principal;
+    let principal: Principal;
+    try {
+      principal = await verify(this.prisma, key, hash);
+    } catch (err) {
+      this.verified.delete(hash);
+      throw err;
+    }
     if (this.ttlMs > 0) {
-      // A Map iterates in insertion order: when full, the oldest entry goes.
+      // A Map iterates in insertion order: re-inserting keeps recently verified keys last; when full, the
+      // longest unverified entry goes.
+      this.verified.delete(hash);
       if (this.verified.size >= this.maxEntries) this.verified.delete(this.verified.keys().next().value as string);
       this.verified.set(hash, { principal, expiresAt: this.now() + this.ttlMs });
     }
     return principal;
   }
 
-  /** Whether this header carries a key verified within the TTL (no database read, no side effect but expiry). */
-  isVerified(authorization: string | undefined): boolean {
+  /** Whether the last database read of this header's key accepted it (no database read here). */
+  isKnownValid(authorization: string | undefined): boolean {
     const match = /^Bearer\s+(\S+)$/i.exec(authorization ?? '');
     if (!match || !KEY_PATTERN.test(match[1] ?? '')) return false;
-    return this.lookup(hashApiKey(match[1] ?? '')) !== undefined;
-  }
-
-  private lookup(hash: string): Principal | undefined {
-    const entry = this.verified.get(hash);
-    if (!entry) return undefined;
-    if (entry.expiresAt <= this.now()) {
-      this.verified.delete(hash);
-      return undefined;
-    }
-    return entry.principal;
+    return this.verified.has(hashApiKey(match[1] ?? ''));
   }
 }
 

@@ -131,8 +131,8 @@ export interface RateLimitSettings {
 /**
  * Two limits from @fastify/rate-limit's store (Redis, shared by all API processes):
  * - before authentication, per client address, for every request that does not carry a key this process
- *   verified within the auth cache's TTL (missing, malformed, wrong or not yet verified keys): a flood of
- *   random keys costs at most that many database lookups per minute and address;
+ *   found valid at its last database read (missing, malformed, wrong, revoked or never seen keys): a flood
+ *   of random keys costs at most that many database lookups per minute and address;
  * - after authentication, per API key: every authenticated request counts.
  * Returns the hook that applies the per-key limit; the caller adds it after its auth hook.
  */
@@ -153,8 +153,8 @@ export function addRateLimits(
   }) as unknown as Limiter;
   app.addHook('onRequest', async (request, reply) => {
     if (UNLIMITED.has(pathOf(request.url))) return;
-    if (auth.isVerified(request.headers.authorization)) return;
-    await enforce(perAddress, request, reply, 'for this client address (requests without a recently verified API key)');
+    if (auth.isKnownValid(request.headers.authorization)) return;
+    await enforce(perAddress, request, reply, 'for this client address (requests without an API key known to be valid)');
   });
   return async (request, reply) => enforce(perKey, request, reply, 'for this API key');
 }
