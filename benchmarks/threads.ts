@@ -20,8 +20,10 @@ const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..'
 
 export interface OpTimes { [opType: string]: { ms: number; nodes: number } }
 export interface ThreadRow {
+  /** false: the intra-op pool's threads block instead of spinning (session.intra_op.allow_spinning = 0) */
+  spinning?: boolean;
   threads: number; original: LatencyStats; compressed: LatencyStats; speedup: number; cpuSpeedup: number | null;
-  profile: { original: OpTimes; compressed: OpTimes; originalNodeMs: number; compressedNodeMs: number };
+  profile: { original: OpTimes; compressed: OpTimes; originalNodeMs: number; compressedNodeMs: number } | null;
 }
 export interface ThreadResults {
   label: string; date: string; cpu: string; ortVersion: string; runs: number; warmup: number; command: string;
@@ -96,10 +98,25 @@ export async function measureThreads(opts: {
     const po = await profileOps(opts.original, threads, feeds, Math.max(5, Math.floor(opts.runs / 2)), opts.warmup, opts.workDir);
     const pc = await profileOps(opts.compressed, threads, feeds, Math.max(5, Math.floor(opts.runs / 2)), opts.warmup, opts.workDir);
     const cpuSpeedup = original.cpuMedianMs !== null && compressed.cpuMedianMs ? original.cpuMedianMs / compressed.cpuMedianMs : null;
-    rows.push({ threads, original, compressed, speedup: original.medianMs / compressed.medianMs, cpuSpeedup,
+    rows.push({ threads, spinning: true, original, compressed, speedup: original.medianMs / compressed.medianMs, cpuSpeedup,
       profile: { original: po.ops, compressed: pc.ops, originalNodeMs: po.nodeMs, compressedNodeMs: pc.nodeMs } });
     opts.log?.(`[threads] ${opts.label} ${threads}t: ${original.medianMs.toFixed(1)} → ${compressed.medianMs.toFixed(1)} ms `
       + `(${(original.medianMs / compressed.medianMs).toFixed(2)}×)`);
+    if (threads > 1) {
+      // The same pair with the pool's threads blocking between ops instead of spinning: on a shared
+      // machine a spinning thread takes a core another process (or the other thread) needs.
+      const blocking = { ...sessOpts, extra: { session: { intra_op: { allow_spinning: '0' } } } };
+      const c = await ort.InferenceSession.create(opts.original, blocking);
+      const d = await ort.InferenceSession.create(opts.compressed, blocking);
+      const u = await timeInterleaved(c, d, feeds, opts.runs, opts.warmup);
+      await c.release();
+      await d.release();
+      const o2 = latencyStats(u.a.wallMs, u.a.cpuMs);
+      const c2 = latencyStats(u.b.wallMs, u.b.cpuMs);
+      rows.push({ threads, spinning: false, original: o2, compressed: c2, speedup: o2.medianMs / c2.medianMs,
+        cpuSpeedup: o2.cpuMedianMs !== null && c2.cpuMedianMs ? o2.cpuMedianMs / c2.cpuMedianMs : null, profile: null });
+      opts.log?.(`[threads] ${opts.label} ${threads}t, no spinning: ${o2.medianMs.toFixed(1)} → ${c2.medianMs.toFixed(1)} ms`);
+    }
   }
   return {
     label: opts.label, date: new Date().toISOString(), cpu: os.cpus()[0]?.model.trim() ?? 'unknown CPU',
@@ -122,23 +139,25 @@ export function renderThreads(r: ThreadResults): string {
       + `compressed interleaved in one process; load average ${load(r.loadStart)} at start, ${load(r.loadEnd)} at end`
       + `${r.macsReduction ? `; MACs reduction ${r.macsReduction.toFixed(2)}×` : ''}.`,
     '',
-    '| threads | original (ms) | compressed (ms) | speed-up | CPU-time speed-up | original: Σ kernels (ms) | compressed: Σ kernels (ms) |',
-    '|---:|---:|---:|---:|---:|---:|---:|',
+    '| threads | intra-op threads spin | original (ms) | compressed (ms) | speed-up | CPU-time speed-up | original: Σ kernels (ms) | compressed: Σ kernels (ms) |',
+    '|---:|---|---:|---:|---:|---:|---:|---:|',
   ];
   for (const row of r.rows) {
-    lines.push(`| ${row.threads} | ${f(row.original.medianMs, 1)} | ${f(row.compressed.medianMs, 1)} | ${f(row.speedup)}× | `
-      + `${f(row.cpuSpeedup)}× | ${f(row.profile.originalNodeMs, 1)} | ${f(row.profile.compressedNodeMs, 1)} |`);
+    lines.push(`| ${row.threads} | ${row.threads === 1 ? '—' : row.spinning === false ? 'no' : 'yes (default)'} | `
+      + `${f(row.original.medianMs, 1)} | ${f(row.compressed.medianMs, 1)} | ${f(row.speedup)}× | `
+      + `${f(row.cpuSpeedup)}× | ${f(row.profile?.originalNodeMs, 1)} | ${f(row.profile?.compressedNodeMs, 1)} |`);
   }
-  const ops = [...new Set(r.rows.flatMap((row) => [...Object.keys(row.profile.original), ...Object.keys(row.profile.compressed)]))];
-  const weight = (op: string) => Math.max(...r.rows.map((row) => row.profile.compressed[op]?.ms ?? 0));
+  const profiled = r.rows.filter((row): row is ThreadRow & { profile: NonNullable<ThreadRow['profile']> } => row.profile !== null);
+  const ops = [...new Set(profiled.flatMap((row) => [...Object.keys(row.profile.original), ...Object.keys(row.profile.compressed)]))];
+  const weight = (op: string) => Math.max(...profiled.map((row) => row.profile.compressed[op]?.ms ?? 0));
   ops.sort((a, b) => weight(b) - weight(a));
   lines.push('', 'Per operator type, from onnxruntime\'s profiler (kernel time per run, the mean over the profiled runs; '
     + 'node counts after onnxruntime\'s graph optimisations, so fused and layout-reorder nodes show as it runs them):', '');
-  lines.push(`| operator | ${r.rows.map((row) => `original ${row.threads}t (ms) | compressed ${row.threads}t (ms)`).join(' | ')} | nodes (original / compressed) |`);
-  lines.push(`|---|${r.rows.map(() => '---:|---:').join('|')}|---|`);
+  lines.push(`| operator | ${profiled.map((row) => `original ${row.threads}t (ms) | compressed ${row.threads}t (ms)`).join(' | ')} | nodes (original / compressed) |`);
+  lines.push(`|---|${profiled.map(() => '---:|---:').join('|')}|---|`);
   for (const op of ops) {
-    const first = r.rows[0]!;
-    lines.push(`| ${op} | ${r.rows.map((row) => `${f(row.profile.original[op]?.ms, 2)} | ${f(row.profile.compressed[op]?.ms, 2)}`).join(' | ')} | `
+    const first = profiled[0]!;
+    lines.push(`| ${op} | ${profiled.map((row) => `${f(row.profile.original[op]?.ms, 2)} | ${f(row.profile.compressed[op]?.ms, 2)}`).join(' | ')} | `
       + `${first.profile.original[op]?.nodes ?? 0} / ${first.profile.compressed[op]?.nodes ?? 0} |`);
   }
   lines.push('');

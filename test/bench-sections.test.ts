@@ -68,17 +68,21 @@ test('the threads table lists every operator type with its node counts', () => {
   const results: ThreadResults = {
     label: 'vgg16-224', date: '2026-11-29T13:00:00Z', cpu: 'Test CPU', ortVersion: '1.30.0', runs: 20, warmup: 3,
     command: 'cmd', sessionOptions: { intraOpNumThreads: [1, 2] }, macsReduction: 4.9, loadStart: [1, 1, 1], loadEnd: [1, 1, 1],
-    rows: [1, 2].map((threads) => ({
-      threads, original: stats(200 / threads), compressed: stats(50), speedup: 4 / threads, cpuSpeedup: 4,
-      profile: {
-        original: { Conv: { ms: 180, nodes: 13 } },
-        compressed: { Conv: { ms: 40, nodes: 38 }, ReorderInput: { ms: 2, nodes: 8 } },
-        originalNodeMs: 180, compressedNodeMs: 42,
-      },
-    })),
+    rows: [
+      ...[1, 2].map((threads) => ({
+        threads, spinning: true, original: stats(200 / threads), compressed: stats(50), speedup: 4 / threads, cpuSpeedup: 4,
+        profile: {
+          original: { Conv: { ms: 180, nodes: 13 } },
+          compressed: { Conv: { ms: 40, nodes: 38 }, ReorderInput: { ms: 2, nodes: 8 } },
+          originalNodeMs: 180, compressedNodeMs: 42,
+        },
+      })),
+      { threads: 2, spinning: false, original: stats(100), compressed: stats(50), speedup: 2, cpuSpeedup: 4, profile: null },
+    ],
   };
   const md = renderThreads(results);
-  assert.match(md, /\| 1 \| 200\.0 \| 50\.0 \| 4\.00× \| 4\.00× \| 180\.0 \| 42\.0 \|/);
+  assert.match(md, /\| 1 \| — \| 200\.0 \| 50\.0 \| 4\.00× \| 4\.00× \| 180\.0 \| 42\.0 \|/);
+  assert.match(md, /\| 2 \| no \| 100\.0 \| 50\.0 \| 2\.00× \| 4\.00× \| — \| — \|/);
   assert.match(md, /\| Conv \| 180\.00 \| 40\.00 \| 180\.00 \| 40\.00 \| 13 \/ 38 \|/);
   assert.match(md, /\| ReorderInput \| — \| 2\.00 \| — \| 2\.00 \| 0 \/ 8 \|/);
   assert.match(md, /MACs reduction 4\.90×/);
