@@ -380,7 +380,10 @@ function progressPrinter(print: (line: string) => void): (message: SseMessage) =
     lastStage = stage;
     lastPercent = percent;
     const detail = typeof p.message === 'string' ? `  ${p.message}` : '';
-    print(`  [${percent.toFixed(1).padStart(5)} %] ${stage.padEnd(9)} ${String(p.done)}/${String(p.total)}${detail}`);
+    const rate = num(p.rate);
+    const eta = num(p.etaSeconds);
+    const pace = rate !== null && eta !== null ? `  ${rate.toFixed(2)}/s, ~${Math.ceil(eta)} s left` : '';
+    print(`  [${percent.toFixed(1).padStart(5)} %] ${stage.padEnd(9)} ${String(p.done)}/${String(p.total)}${pace}${detail}`);
   };
 }
 

@@ -100,11 +100,7 @@ export const documentRoute: FastifyDynamicSwaggerOptions['transform'] = (input) 
   if (schema?.docs) transformed[DOCS_KEY] = schema.docs;
   if (schema?.consumes?.includes('multipart/form-data')) {
     // Upload routes read the multipart stream themselves (no body schema to validate); the document gets one.
-    transformed.body = {
-      type: 'object',
-      required: ['file'],
-      properties: { file: { type: 'string', format: 'binary', description: 'the file to upload' } },
-    };
+    transformed.body = { $ref: '#/components/schemas/FileUpload' };
   }
   return { ...out, schema: transformed } as ReturnType<NonNullable<FastifyDynamicSwaggerOptions['transform']>>;
 };
@@ -202,6 +198,39 @@ function referencedComponents(document: JsonSchema): Set<string> {
   return seen;
 }
 
+type Document = JsonSchema & { paths: Record<string, Record<string, Operation>>; components: Record<string, Record<string, unknown>> };
+
+function pruneComponents(document: Document): void {
+  const used = referencedComponents(document);
+  for (const kind of ['schemas', 'headers', 'responses'] as const) {
+    const table = document.components[kind] ?? {};
+    for (const name of Object.keys(table)) if (!used.has(`#/components/${kind}/${name}`)) delete table[name];
+    document.components[kind] = Object.fromEntries(Object.entries(table).sort(([a], [b]) => a.localeCompare(b)));
+  }
+}
+
+/**
+ * The zod registry names a schema's request-side variant `<Name>Input`. Where the response side is unused, or
+ * both are the same, the document keeps one schema under the plain name.
+ */
+function mergeInputSchemas(document: Document): Document {
+  const schemas = document.components.schemas ?? {};
+  let text = JSON.stringify(document);
+  for (const name of Object.keys(schemas)) {
+    if (!name.endsWith('Input')) continue;
+    const base = name.slice(0, -'Input'.length);
+    const same = schemas[base] !== undefined && JSON.stringify(schemas[base]) === JSON.stringify(schemas[name]);
+    if (schemas[base] !== undefined && !same) continue;
+    text = text.replaceAll(`"#/components/schemas/${name}"`, `"#/components/schemas/${base}"`);
+    const parsed = JSON.parse(text) as Document;
+    const table = parsed.components.schemas ?? {};
+    if (!same) table[base] = table[name];
+    delete table[name];
+    text = JSON.stringify(parsed);
+  }
+  return JSON.parse(text) as Document;
+}
+
 /** The whole document: components from the zod registry, headers, default responses, servers; unused components pruned. */
 export const documentObject: FastifyDynamicSwaggerOptions['transformObject'] = (input) => {
   const document = baseTransformObject(input as Parameters<typeof baseTransformObject>[0]) as unknown as JsonSchema & {
@@ -213,14 +242,20 @@ export const documentObject: FastifyDynamicSwaggerOptions['transformObject'] = (
     for (const op of Object.values(methods)) decorateOperation(path, op, shared);
   }
   document.components.responses = shared;
+  document.components.schemas = {
+    ...document.components.schemas,
+    FileUpload: {
+      type: 'object',
+      required: ['file'],
+      properties: { file: { type: 'string', format: 'binary', description: 'the file to upload' } },
+      additionalProperties: false,
+    },
+  };
   document.components.headers = Object.fromEntries(Object.entries(RESPONSE_HEADERS).map(([name, header]) => [name, { ...header }]));
-  const used = referencedComponents(document);
-  for (const kind of ['schemas', 'headers', 'responses'] as const) {
-    const table = document.components[kind] ?? {};
-    for (const name of Object.keys(table)) if (!used.has(`#/components/${kind}/${name}`)) delete table[name];
-    document.components[kind] = Object.fromEntries(Object.entries(table).sort(([a], [b]) => a.localeCompare(b)));
-  }
-  return document as unknown as ReturnType<NonNullable<FastifyDynamicSwaggerOptions['transformObject']>>;
+  pruneComponents(document);
+  const merged = mergeInputSchemas(document);
+  pruneComponents(merged);
+  return merged as unknown as ReturnType<NonNullable<FastifyDynamicSwaggerOptions['transformObject']>>;
 };
 
 /** The document's info, servers, security and tags. */

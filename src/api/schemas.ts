@@ -128,7 +128,8 @@ export const CreateJobBodySchema = z
         message: 'fine-tuning needs data: set datasetId (an uploaded dataset or builtin:fashion-mnist) or remove options.finetune',
       });
     }
-  });
+  })
+  .meta({ id: 'CreateJobRequest' });
 
 export const JOB_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'canceled'] as const;
 export const JobStatusSchema = z.enum(JOB_STATUSES).meta({ id: 'JobStatus', description: 'queued → running → succeeded | failed | canceled' });
@@ -288,8 +289,8 @@ const OpenObject = z.looseObject({});
 
 export const ReportSchema = z
   .looseObject({
-    jobId: z.string(),
-    rule: z.string().describe('the rank selection rule that was applied'),
+    jobId: z.string().optional(),
+    rule: z.string().optional().describe('the rank selection rule that was applied'),
     model: z
       .looseObject({
         sha256: z.string(),
@@ -302,9 +303,10 @@ export const ReportSchema = z
         outputs: z.array(ReportTensorSchema),
       })
       .partial()
+      .optional()
       .describe('the original model'),
-    compressed: z.looseObject({ bytes: int64(), params: int64(), macs: int64() }).partial(),
-    options: OpenObject.describe('the options as the engine applied them'),
+    compressed: z.looseObject({ bytes: int64(), params: int64(), macs: int64() }).partial().optional(),
+    options: OpenObject.optional().describe('the options as the engine applied them'),
     layers: z.array(ReportLayerSchema),
     totals: z
       .looseObject({ params: BeforeAfterSchema, macs: BeforeAfterSchema })
@@ -344,29 +346,22 @@ export const JobProgressEventDataSchema = z
   })
   .meta({ id: 'JobProgress' });
 
-export const JobStatusEventSchema = z
-  .looseObject({
-    event: z.literal('status'),
-    id: z.string().describe('the SSE id: a sequence number within the stream'),
-    data: JobSchema.describe('the job, as GET /v1/jobs/{id} returns it'),
-  })
-  .meta({ id: 'JobStatusEvent', description: '`event: status`, sent on connect and whenever status, stage or progress change; the last one of a stream has a terminal status' });
-
-export const JobProgressEventSchema = z
-  .looseObject({
-    event: z.literal('progress'),
-    id: z.string(),
-    data: JobProgressEventDataSchema,
-  })
-  .meta({ id: 'JobProgressEvent', description: '`event: progress`, sent while the job runs' });
-
+/**
+ * The `data` of one Server-Sent Event of GET /v1/jobs/{id}/events. The SSE event name says which schema it
+ * is (`x-sse-events`); the payloads also tell themselves apart: a Job has `status`, a JobProgress `done`.
+ */
 export const JobEventSchema = z
-  .discriminatedUnion('event', [JobStatusEventSchema, JobProgressEventSchema])
+  .union([JobSchema, JobProgressEventDataSchema])
   .meta({
-    id: 'JobEvent',
+    id: 'JobEventData',
     description:
-      'One Server-Sent Event of GET /v1/jobs/{id}/events: `event` is the SSE event name, `data` its JSON payload, `id` the SSE id. ' +
-      'Comment lines (`: keep-alive`) are sent every 15 s and carry no event.',
+      'The JSON `data` of one event of the stream, by SSE event name: `status` → Job (on connect and whenever status, stage ' +
+      'or progress change; the last event of a stream has a terminal status), `progress` → JobProgress (while the job runs). ' +
+      '`id` is a sequence number within the stream; comment lines (`: keep-alive`) come every 15 s.',
+    'x-sse-events': {
+      status: { $ref: '#/components/schemas/Job' },
+      progress: { $ref: '#/components/schemas/JobProgress' },
+    },
   });
 
 // ---------------------------------------------------------------- operations

@@ -14,6 +14,7 @@ export const reportPageRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = asyn
     '/v1/jobs/:id/report.html',
     {
       schema: {
+        operationId: 'getJobReportPage',
         summary: 'The report as an HTML page: Table 1, per-layer chart, trade-off curve',
         description:
           'The same report as GET /v1/jobs/{id}/report, rendered on the server as one self-contained page with inline SVG ' +

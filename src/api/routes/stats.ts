@@ -25,6 +25,18 @@ const StatsSchema = z
   })
   .meta({ id: 'Stats' });
 
+const statsExample: z.input<typeof StatsSchema> = {
+  tenantId: '2f0c9a4e-8b1d-4e6f-9a3b-5c7d1e2f3a4b',
+  windowHours: 24,
+  from: '2026-11-28T13:00:00.000Z',
+  to: '2026-11-29T13:00:00.000Z',
+  throughputPerHour: [{ hour: '2026-11-29T12:00:00.000Z', succeeded: 14, failed: 1, canceled: 2 }],
+  finished: { succeeded: 14, failed: 1, canceled: 2 },
+  pending: { queued: 3, running: 2 },
+  successRate: 0.933,
+  medianCompression: { macs: 4.1, params: 3.9, jobs: 14 },
+};
+
 export const statsRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app, { ctx }) => {
   app.get(
     '/v1/stats',
@@ -35,6 +47,7 @@ export const statsRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (ap
         tags: ['ops'],
         security: AUTH,
         response: { 200: StatsSchema, ...problems(401, 429, 503) },
+        docs: { examples: { 200: statsExample } },
       },
     },
     async (request) => computeStats(ctx.prisma, principalOf(request).tenantId, new Date()),

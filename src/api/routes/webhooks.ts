@@ -112,6 +112,7 @@ export const webhookRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (
     '/v1/webhooks',
     {
       schema: {
+        operationId: 'createWebhook',
         summary: 'Register a webhook endpoint',
         description:
           'Job events (job.succeeded, job.failed, job.canceled) are POSTed as `{type, timestamp, data: {job}}`, signed per ' +
@@ -148,6 +149,7 @@ export const webhookRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (
     '/v1/webhooks',
     {
       schema: {
+        operationId: 'listWebhooks',
         summary: "List this tenant's webhooks, newest first",
         tags: ['webhooks'],
         security: AUTH,
@@ -171,6 +173,7 @@ export const webhookRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (
     '/v1/webhooks/:id',
     {
       schema: {
+        operationId: 'getWebhook',
         summary: 'Get one webhook',
         tags: ['webhooks'],
         security: AUTH,
@@ -185,6 +188,7 @@ export const webhookRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (
     '/v1/webhooks/:id',
     {
       schema: {
+        operationId: 'deleteWebhook',
         summary: 'Delete a webhook (pending deliveries are dropped)',
         tags: ['webhooks'],
         security: AUTH,
@@ -203,6 +207,7 @@ export const webhookRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (
     '/v1/webhooks/:id/deliveries',
     {
       schema: {
+        operationId: 'listWebhookDeliveries',
         summary: "A webhook's deliveries, newest first, each with its attempts",
         tags: ['webhooks'],
         security: AUTH,
