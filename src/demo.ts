@@ -212,10 +212,18 @@ export function formatTable1(report: Json): string {
   const energy = rec(t1.energyMillijoulesEstimate);
   const finetuned = accuracy.finetuned !== null && accuracy.finetuned !== undefined;
   const top1 = (which: string) => num(rec(accuracy[which]).top1);
+  // With calibration (engine/tuckerize/calibrate.py) the report holds the rewrite's top-1 without and with it.
+  const calibration = rec(rec(report.calibration).heldout);
+  const calibrated = Object.keys(calibration).length > 0;
+  const compressedRow = (label: string, value: number | null) =>
+    [label, formatCount(num(params.after)), formatCount(num(macs.after)), pct(value), fixed(num(latency.after), 3), fixed(num(energy.after), 4)];
   const rows: string[][] = [
     ['original', formatCount(num(params.before)), formatCount(num(macs.before)), pct(top1('original')), fixed(num(latency.before), 3), fixed(num(energy.before), 4)],
-    ['compressed', formatCount(num(params.after)), formatCount(num(macs.after)), pct(top1('compressed')), fixed(num(latency.after), 3), fixed(num(energy.after), 4)],
+    calibrated
+      ? compressedRow('compressed (rewrite only)', num(rec(calibration.withoutCalibration).top1))
+      : compressedRow('compressed', top1('compressed')),
   ];
+  if (calibrated) rows.push(compressedRow('compressed + calibrated', top1('compressed')));
   if (finetuned) {
     rows.push(['compressed + fine-tuned', formatCount(num(params.after)), formatCount(num(macs.after)), pct(top1('finetuned')), fixed(num(latency.after), 3), fixed(num(energy.after), 4)]);
   }
@@ -241,6 +249,16 @@ export function formatTable1(report: Json): string {
   if (typeof est.statement === 'string') lines.push(`energy is an ESTIMATE, not a measurement: ${est.statement}`);
   if (accuracy.samples !== undefined) {
     lines.push(`top-1: ${String(accuracy.samples)} held-out images (${String(accuracy.split ?? 'held-out split')})`);
+  }
+  const kept = (Array.isArray(report.layers) ? report.layers : []).filter((l) => String(rec(l).reason ?? '').startsWith('layer selection'));
+  lines.push(
+    `method: ${String(report.method ?? 'improved')}` +
+      (kept.length > 0 ? `; ${kept.length} layer(s) kept by layer selection (small saving, large error)` : '') +
+      (calibrated ? `; calibrated on ${String(rec(report.calibration).samples)} training images (no labels)` : ''),
+  );
+  const search = rec(report.search);
+  if (typeof search.message === 'string') {
+    lines.push(`accuracy target (≤ ${String(search.maxAccuracyDrop)} points): ${search.met ? 'met' : 'NOT met'}: ${search.message}`);
   }
   const ft = rec(report.finetune);
   if (num(ft.steps) !== null) {

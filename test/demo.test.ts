@@ -88,3 +88,23 @@ describe('make demo (DEMO_QUICK=1)', () => {
     assert.match(out, /ratio \/ change\s+\d+\.\d\d×\s+\d+\.\d\d×/);
   });
 });
+
+describe('demo Table 1 with calibration and an accuracy target', () => {
+  it('shows the rewrite without and with calibration, the layers selection kept and the search outcome', () => {
+    const report = {
+      method: 'improved',
+      layers: [
+        { name: 'stem', op: 'Conv', kind: 'keep', ranks: [], reason: 'layer selection: tucker1 at ranks [8] would save 0.40 %', params: { before: 10, after: 10 }, macs: { before: 10, after: 10 } },
+      ],
+      totals: { params: { before: 2_000_000, after: 500_000, ratio: 0.25 }, macs: { before: 60_000_000, after: 15_000_000, ratio: 0.25 } },
+      accuracy: { labels: true, samples: 2000, original: { top1: 0.95 }, compressed: { top1: 0.87 }, finetuned: { top1: 0.948 } },
+      calibration: { samples: 1024, heldout: { withoutCalibration: { top1: 0.153 }, withCalibration: { top1: 0.87 } } },
+      search: { maxAccuracyDrop: 0.5, met: true, message: 'candidate 2: 4.10× fewer MACs, top-1 94.80 %' },
+    };
+    const t1 = formatTable1(report);
+    assert.match(t1, /compressed \(rewrite only\)\s+500\.0 k\s+15\.00 M\s+15\.30 %/);
+    assert.match(t1, /compressed \+ calibrated\s+500\.0 k\s+15\.00 M\s+87\.00 %/);
+    assert.match(t1, /method: improved; 1 layer\(s\) kept by layer selection .*calibrated on 1024 training images/);
+    assert.match(t1, /accuracy target \(≤ 0\.5 points\): met: candidate 2/);
+  });
+});
