@@ -198,6 +198,41 @@ function referencedComponents(document: JsonSchema): Set<string> {
   return seen;
 }
 
+/**
+ * An example built from a schema, for a JSON response whose route gave none: required and optional fields
+ * filled with plain values of their type and format (the first enum value, the non-null branch).
+ */
+function exampleOf(schema: JsonSchema | undefined, schemas: Record<string, unknown>, depth = 0): unknown {
+  if (!schema || depth > 8) return null;
+  if (typeof schema.$ref === 'string') return exampleOf(schemas[schema.$ref.split('/').pop() ?? ''] as JsonSchema, schemas, depth + 1);
+  if (schema.example !== undefined) return schema.example;
+  if (Array.isArray(schema.enum)) return schema.enum[0];
+  if (schema.const !== undefined) return schema.const;
+  const branches = (schema.anyOf ?? schema.oneOf) as JsonSchema[] | undefined;
+  if (branches) return exampleOf(branches.find((b) => b.type !== 'null') ?? branches[0], schemas, depth + 1);
+  const type = Array.isArray(schema.type) ? schema.type.find((t) => t !== 'null') : schema.type;
+  switch (type) {
+    case 'object':
+      return Object.fromEntries(
+        Object.entries((schema.properties ?? {}) as Record<string, JsonSchema>).map(([key, value]) => [key, exampleOf(value, schemas, depth + 1)]),
+      );
+    case 'array':
+      return [exampleOf(schema.items as JsonSchema, schemas, depth + 1)];
+    case 'integer':
+      return typeof schema.minimum === 'number' ? schema.minimum : 1;
+    case 'number':
+      return typeof schema.minimum === 'number' ? schema.minimum : 0.5;
+    case 'boolean':
+      return true;
+    case 'string': {
+      const formats: Record<string, string> = { uuid: '5e8f1a2b-3c4d-4e5f-9a6b-7c8d9e0f1a2b', 'date-time': '2026-11-29T12:00:00.000Z', uri: 'https://hooks.example.com/tuckerize' };
+      return formats[String(schema.format)] ?? 'string';
+    }
+    default:
+      return null;
+  }
+}
+
 type Document = JsonSchema & { paths: Record<string, Record<string, Operation>>; components: Record<string, Record<string, unknown>> };
 
 function pruneComponents(document: Document): void {
@@ -239,7 +274,13 @@ export const documentObject: FastifyDynamicSwaggerOptions['transformObject'] = (
   };
   const shared: Record<string, Response> = {};
   for (const [path, methods] of Object.entries(document.paths)) {
-    for (const op of Object.values(methods)) decorateOperation(path, op, shared);
+    for (const op of Object.values(methods)) {
+      decorateOperation(path, op, shared);
+      for (const response of Object.values(op.responses)) {
+        const media = response.content?.['application/json'];
+        if (media && media.example === undefined) media.example = exampleOf(media.schema as JsonSchema, document.components.schemas ?? {});
+      }
+    }
   }
   document.components.responses = shared;
   document.components.schemas = {
