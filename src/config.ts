@@ -37,7 +37,8 @@ const configSchema = z.object({
   S3_PRESIGN_EXPIRES_SECONDS: intFromEnv(300, 1),
   AWS_REGION: z.string().min(1).default('us-east-1'),
   CHECKPOINT_SYNC_MS: intFromEnv(60_000, 100),
-  WORKER_METRICS_PORT: z.coerce.number().int().min(0).max(65535).default(9464),
+  // 0: any free port (development, several workers on one host); the images set 9464, what deploy/prometheus.yml scrapes.
+  WORKER_METRICS_PORT: z.coerce.number().int().min(0).max(65535).default(0),
   WEBHOOK_ALLOW_PRIVATE: boolFromEnv,
   WEBHOOK_TIMEOUT_MS: intFromEnv(10_000, 100),
   WEBHOOK_ATTEMPTS: intFromEnv(8, 1),
