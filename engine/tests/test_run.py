@@ -47,8 +47,10 @@ def cnn_path(tmp_path):
 
 
 def test_run_writes_artifacts_and_speaks_json_lines(tmp_path, cnn_path, run_ort):
+    # The paper's method: every eligible layer at EVBMF's ranks (the default's rank floor of 8 would keep
+    # two of this small net's four layers; test_selection.py covers that).
     code, events, err = _run(_write_job(tmp_path, cnn_path, options={"rule": "vbmf", "inputShape": [2, 1, 16, 16],
-                                                                      "target": {"block": 1}}))
+                                                                      "target": {"block": 1}, "method": "paper"}))
     assert code == 0, err
     assert all(e["event"] in ("progress", "log", "result") for e in events)
     stages = [e["stage"] for e in events if e["event"] == "progress"]
