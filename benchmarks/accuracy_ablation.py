@@ -60,6 +60,7 @@ def utc_now() -> str:
 
 
 def run_one(net: str, config: str, seed: int, threads: int, epochs: float, scratch: Path) -> dict:
+    """One row's run; epochs 0 stops before fine-tuning (the model is only evaluated)."""
     import onnx
     import torch
 
@@ -83,6 +84,16 @@ def run_one(net: str, config: str, seed: int, threads: int, epochs: float, scrat
         compressed, report = calibrate(original, compressed, [e.name for e in plan.rewritten()], images)
         calibration = {"samples": report["samples"], "seconds": round(time.perf_counter() - started, 2),
                        "layers": report["layers"]}
+    if epochs == 0:
+        from tuckerize.finetune import evaluate_stage
+        job = {"jobId": f"ablation-{net}-{config}", "dataset": DATASET, "threads": threads, "seed": seed,
+               "options": {"rule": "vbmf", "finetune": {"evalSamples": 10000}}}
+        accuracy = evaluate_stage(job, original, compressed, lambda event: None)
+        return {"net": net, "config": config, "seed": seed, "date": utc_now(), "threads": threads, "epochs": 0,
+                "settings": settings, "loadAverage": {"start": load_start, "end": os.getloadavg()},
+                "macs": plan.totals["macs"], "params": plan.totals["params"],
+                "kept": [e.name for e in plan.layers if e.kind == "keep" and e.reason], "calibration": calibration,
+                "original": accuracy["original"], "beforeFinetune": accuracy["compressed"]}
     work = scratch / f"{net}-{config}-s{seed}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -170,18 +181,24 @@ def render(records: list[dict], command: str) -> str:
             runs = groups.get((net, config))
             if not runs:
                 continue
+            # Runs stopped before fine-tuning (epochs 0) add to the "before" column only.
+            tuned = [r for r in runs if r.get("finetuned")]
             before = [r["beforeFinetune"]["top1"] for r in runs]
-            quarter = [r["quarter"]["top1"] for r in runs if r.get("quarter")]
-            after = [r["finetuned"]["top1"] for r in runs]
-            drop = [100 * (a - original) for a in after]
-            wall = statistics.median(r["finetune"]["wallSeconds"] for r in runs)
-            rate = statistics.median(r["finetune"]["imagesPerSecond"] for r in runs)
+            quarter = [r["quarter"]["top1"] for r in tuned if r.get("quarter")]
+            after = [r["finetuned"]["top1"] for r in tuned]
             label = LABELS.get(config, f"candidate `{config}`: {json.dumps(CONFIGS[config]['finetune'])}")
-            drop_text = f"{statistics.fmean(drop):+.2f}" + (f" (worst {min(drop):+.2f})" if len(drop) > 1 else "")
-            lines.append(f"| {net} | {label} | {', '.join(str(r['seed']) for r in runs)} "
-                         f"| {1 / runs[0]['macs']['ratio']:.2f}× | {_spread(before)} "
-                         f"| {_spread(quarter) if quarter else '—'} | {_spread(after)} | {drop_text} "
-                         f"| {wall:.0f} | {rate:.0f} |")
+            seeds = sorted({r["seed"] for r in runs})
+            if tuned:
+                drop = [100 * (a - original) for a in after]
+                wall = statistics.median(r["finetune"]["wallSeconds"] for r in tuned)
+                rate = statistics.median(r["finetune"]["imagesPerSecond"] for r in tuned)
+                drop_text = f"{statistics.fmean(drop):+.2f}" + (f" (worst {min(drop):+.2f})" if len(drop) > 1 else "")
+                tail = (f"{_spread(quarter) if quarter else '—'} | {_spread(after)} | {drop_text} | {wall:.0f} "
+                        f"| {rate:.0f}")
+            else:
+                tail = "not measured | not measured | — | — | —"
+            lines.append(f"| {net} | {label} | {', '.join(map(str, seeds))} | {1 / runs[0]['macs']['ratio']:.2f}× "
+                         f"| {_spread(before)} | {tail} |")
     return "\n".join(lines) + "\n"
 
 
@@ -206,7 +223,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--jsonl", type=Path, default=ROOT / ".cache" / "accuracy-ablation.jsonl")
+    parser.add_argument("--jsonl", type=Path, nargs="+", default=[ROOT / ".cache" / "accuracy-ablation.jsonl"],
+                        help="run: the first file is appended to; write: every file is read")
     parser.add_argument("--benchmarks", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -215,21 +233,21 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             for config in args.configs:
                 for net in args.nets:
-                    done = {(r["net"], r["config"], r["seed"]) for r in read_jsonl(args.jsonl)}
+                    done = {(r["net"], r["config"], r["seed"]) for r in read_jsonl(args.jsonl[0])}
                     if (net, config, seed) in done:
                         continue
                     started = time.perf_counter()
                     record = run_one(net, config, seed, args.threads, args.epochs, scratch)
                     record["processSeconds"] = round(time.perf_counter() - started, 1)
-                    append_jsonl(args.jsonl, record)
+                    append_jsonl(args.jsonl[0], record)
                     print(f"{net} {config} seed {seed}: before {record['beforeFinetune']['top1']:.4f} "
-                          f"quarter {(record['quarter'] or {}).get('top1')} after {record['finetuned']['top1']:.4f} "
-                          f"({record['processSeconds']} s)", flush=True)
+                          f"quarter {(record.get('quarter') or {}).get('top1')} "
+                          f"after {(record.get('finetuned') or {}).get('top1')} ({record['processSeconds']} s)", flush=True)
         return 0
-    records = read_jsonl(args.jsonl)
+    records = [r for path in args.jsonl for r in read_jsonl(path)]
     if not records:
         raise SystemExit(f"{args.jsonl} holds no runs")
-    shown = os.path.relpath(args.jsonl, ROOT)
+    shown = " ".join(os.path.relpath(path, ROOT) for path in args.jsonl)
     section = render(records, f"/usr/bin/python3 benchmarks/accuracy_ablation.py write --jsonl {shown}")
     if args.markdown:
         args.markdown.write_text(section)
