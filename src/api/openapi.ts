@@ -69,6 +69,9 @@ function override(ctx: { zodSchema: unknown; jsonSchema: JsonSchema }): void {
   if (def?.type === 'object') {
     const catchall = def.catchall?._zod?.def?.type;
     if (catchall === undefined || catchall === 'unknown' || catchall === 'any') delete json.additionalProperties;
+    // A free-form object (no declared fields) says so, so clients type it as a map.
+    const declared = json.properties as Record<string, unknown> | undefined;
+    if ((catchall === 'unknown' || catchall === 'any') && Object.keys(declared ?? {}).length === 0) json.additionalProperties = true;
   }
   if (def?.type === 'union' && Array.isArray(json.anyOf)) {
     json.anyOf = (json.anyOf as JsonSchema[]).filter((branch) => Object.keys(branch).length > 0);
