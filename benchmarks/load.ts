@@ -4,7 +4,7 @@
 // <!-- load:end --> (the rest of that file belongs to benchmarks/run.ts).
 //   --duration S       seconds per autocannon run (default 10)
 //   --connections N    concurrent connections (default 10)
-//   --jobs N           small jobs drained per worker count (default 6)
+//   --jobs N           small jobs drained per worker count (default 6; 0 skips the drains)
 //   --streams N        event streams another tenant holds open during the second GET run (default 200)
 //   --rounds N         GET runs without and with the streams, interleaved after one warm-up run; the table
 //                      shows the median of each (default 3)
@@ -46,7 +46,7 @@ function positiveInt(name: string, raw: string | undefined): number {
 }
 const durationS = positiveInt('duration', values.duration);
 const connections = positiveInt('connections', values.connections);
-const drainJobs = positiveInt('jobs', values.jobs);
+const drainJobs = values.jobs === '0' ? 0 : positiveInt('jobs', values.jobs);
 const streamCount = positiveInt('streams', values.streams);
 const rounds = positiveInt('rounds', values.rounds);
 const outFile = path.resolve(values.out!);
@@ -293,9 +293,13 @@ function render(http: HttpRun[], audit: Audit, drains: DrainRun[], command: stri
       'onnxruntime-node verification and latency runs; ENGINE_THREADS=1, ORT_THREADS=1, one job per worker process; ' +
       'from the first POST to the last job finished, after one warm-up job):',
     '',
-    '| worker processes | jobs | succeeded | drain s | jobs/min |',
-    '|---:|---:|---:|---:|---:|',
-    ...drains.map((d) => `| ${d.workers} | ${d.jobs} | ${d.succeeded} | ${fmt(d.seconds)} | ${fmt(d.jobsPerMinute)} |`),
+    ...(drains.length > 0
+      ? [
+          '| worker processes | jobs | succeeded | drain s | jobs/min |',
+          '|---:|---:|---:|---:|---:|',
+          ...drains.map((d) => `| ${d.workers} | ${d.jobs} | ${d.succeeded} | ${fmt(d.seconds)} | ${fmt(d.jobsPerMinute)} |`),
+        ]
+      : ['not measured in this run (`--jobs 0`).']),
     END,
   ];
   return lines.join('\n');
@@ -430,7 +434,7 @@ async function main(): Promise<void> {
     await env.prisma.job.updateMany({ where: { status: 'queued' }, data: { status: 'canceled', errorCategory: 'canceled', errorMessage: 'load benchmark', finishedAt: new Date() } });
 
     const drains: DrainRun[] = [];
-    for (const workers of [1, 2]) {
+    for (const workers of drainJobs > 0 ? [1, 2] : []) {
       console.error(`draining ${drainJobs} small jobs with ${workers} worker process(es)`);
       drains.push(await drain(env, { ...serviceEnv, LOG_LEVEL: 'info' }, teardown, baseUrl, apiKey, modelId, workers));
     }
