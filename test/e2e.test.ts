@@ -87,7 +87,7 @@ describe('end to end: API + worker + engine', () => {
     const view = await client.request<{ status: string; progress: number; metrics: Record<string, number> }>('GET', `/v1/jobs/${job.id}`);
     assert.equal(view.status, 'succeeded');
     assert.equal(view.progress, 1);
-    assert.ok(view.metrics.macs_after! < view.metrics.macs_before!);
+    assert.ok(view.metrics.macsAfter! < view.metrics.macsBefore!);
     const report = await client.request<{ layers: unknown[]; measurement: { table1: unknown } }>('GET', `/v1/jobs/${job.id}/report`);
     assert.equal(report.layers.length, 21, 'ResNet-18: 20 convs + the FC layer planned');
     assert.ok(report.measurement.table1, 'measured with onnxruntime-node');

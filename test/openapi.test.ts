@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import SwaggerParser from '@apidevtools/swagger-parser';
 import { parse } from 'yaml';
 import { generateOpenApi, OPENAPI_PATH } from '../scripts/write-openapi.js';
+import type { ErrorCategory } from '../src/jobs/state.js';
 
 test('the committed openapi.yaml matches the routes', async () => {
   const committed = await readFile(OPENAPI_PATH, 'utf8');
@@ -126,4 +127,13 @@ test('Redocly `recommended` finds no error in openapi.yaml', async () => {
   const report = JSON.parse(result.stdout.slice(start)) as { totals: { errors: number; warnings: number }; problems: Array<{ ruleId: string; severity: string; message: string }> };
   const errors = report.problems.filter((p) => p.severity === 'error');
   assert.equal(report.totals.errors, 0, errors.map((p) => `${p.ruleId}: ${p.message}`).join('\n'));
+});
+
+test('ERROR_CATEGORIES is the state module\'s ErrorCategory', async () => {
+  const { ERROR_CATEGORIES } = await import('../src/api/schemas.js');
+  // Compile-time: each side assignable to the other (tsc fails here when one of them gains a category).
+  type Documented = (typeof ERROR_CATEGORIES)[number];
+  const both: [Documented, ErrorCategory] extends [ErrorCategory, Documented] ? true : false = true;
+  assert.equal(both, true);
+  assert.equal(new Set(ERROR_CATEGORIES).size, ERROR_CATEGORIES.length);
 });
