@@ -76,6 +76,9 @@ describe('API semantics', () => {
     const first = await t.http().get(`/v1/jobs/${id}`).set(t.authA);
     const etag = first.headers.etag;
     assert.match(etag ?? '', /^"[0-9a-f]{32}"$/);
+    for (const header of ['x-request-id', 'x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset']) {
+      assert.ok(first.headers[header], `${header}, as openapi.yaml declares on every /v1 response`);
+    }
     const same = await t.http().get(`/v1/jobs/${id}`).set(t.authA).set('if-none-match', `"other", W/${etag}`);
     assert.equal(same.status, 304);
     assert.equal(same.headers.etag, etag);
