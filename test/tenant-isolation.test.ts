@@ -18,10 +18,21 @@ import { JobStates } from '../src/jobs/state.js';
 import { COMPRESSION_QUEUE } from '../src/queue/index.js';
 import { assertProblem, startTestApp, storedFiles, type TestApp } from './helpers/app.js';
 import { waitUntil } from './fault-support/wait.js';
+import { buildZip, npyBytes } from './fixtures/hostile/zip-writer.js';
 
 const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'hostile');
 /** Takes [batch, 1, 8, 8]. */
 const TINYNET = readFileSync(path.join(FIXTURES, 'good_tinynet.onnx'));
+
+/** An .npz of `count` float32 images of 1 x 8 x 8, what tinynet takes. */
+const imagesNpz = (count: number): Buffer =>
+  buildZip([{ name: 'x.npy', data: npyBytes(`{'descr': '<f4', 'fortran_order': False, 'shape': (${count}, 1, 8, 8), }`, Buffer.alloc(count * 64 * 4)) }]);
+
+async function uploadImages(t: TestApp, auth: { authorization: string }, count = 100): Promise<string> {
+  const res = await t.http().post('/v1/datasets').set(auth).attach('file', imagesNpz(count), 'images.npz');
+  assert.equal(res.status, 201, JSON.stringify(res.body));
+  return res.body.id as string;
+}
 
 const randomKey = () => `tk_${randomBytes(6).toString('hex')}_${randomBytes(24).toString('base64url')}`;
 
@@ -290,9 +301,11 @@ describe('the estimate before queueing, the tenant quotas, fair dispatch', () =>
   let modelA: string;
   let modelB: string;
   let queue: Queue;
+  let datasetA: string;
   before(async () => {
-    t = await startTestApp({ TENANT_MAX_ACTIVE_JOBS: '3', TENANT_MAX_RUNNING_JOBS: '1' });
+    t = await startTestApp({ TENANT_MAX_ACTIVE_JOBS: '3', TENANT_MAX_RUNNING_JOBS: '1', JOB_MAX_COMPUTE_SECONDS: '600' });
     modelA = await uploadTinynet(t, t.authA);
+    datasetA = await uploadImages(t, t.authA);
     modelB = await uploadTinynet(t, t.authB);
     queue = new Queue(COMPRESSION_QUEUE, { connection: { url: t.env.config.redisUrl }, prefix: t.env.config.queuePrefix });
   });
@@ -304,14 +317,17 @@ describe('the estimate before queueing, the tenant quotas, fair dispatch', () =>
   const create = (auth: { authorization: string }, body: Record<string, unknown>) => t.http().post('/v1/jobs').set(auth).send(body);
 
   test('422 naming the limit and the estimate: a huge input sample, activations past the memory limit, steps past the compute limit', async () => {
-    // Issue 12 item 1: a 2.6 KB upload with inputShape [1,3,8192,8192].
-    assertProblem(await create(t.authA, { modelId: modelA, datasetId: 'builtin:fashion-mnist', options: { inputShape: [1, 1, 8192, 8192], finetune: { steps: 1 } } }),
+    // Issue 12 item 1: a 2.6 KB upload with inputShape [1,3,8192,8192] (here a 1-channel model).
+    assertProblem(await create(t.authA, { modelId: modelA, options: { inputShape: [1, 1, 8192, 8192] } }),
       422, /one input sample of shape \[1,8192,8192\] has 67,108,864 elements; the limit is 16,777,216/);
-    assertProblem(await create(t.authA, { modelId: modelA, datasetId: 'builtin:fashion-mnist', options: { inputShape: [1, 1, 2048, 2048], finetune: { steps: 1, batchSize: 512 } } }),
-      422, /needs an estimated [\d,]+ MB of memory .* at batch 512\); the per-job limit is 8,192 MB \(JOB_MAX_MEMORY_MB\)/);
-    // Issue 12 item 2: finetune.steps 10,000,000.
-    assertProblem(await create(t.authA, { modelId: modelA, datasetId: 'builtin:fashion-mnist', options: { inputShape: [1, 1, 16, 16], finetune: { steps: 10_000_000 } } }),
-      422, /needs an estimated [\d,]+ s of compute \(10,000,000 steps x batch 64 .*the per-job limit is 7,200 s \(JOB_MAX_COMPUTE_SECONDS\)/);
+    // The largest sample allowed, even without training: the engine's evaluation and verification runs.
+    assertProblem(await create(t.authA, { modelId: modelA, options: { inputShape: [1, 1, 4096, 4096] } }),
+      422, /needs an estimated [\d,]+ MB of memory .* at batch 1\); the per-job limit is 8,192 MB \(JOB_MAX_MEMORY_MB\)/);
+    assertProblem(await create(t.authA, { modelId: modelA, datasetId: datasetA, options: { inputShape: [1, 1, 1024, 1024], finetune: { steps: 1, batchSize: 512 } } }),
+      422, /needs an estimated [\d,]+ MB of memory .* at batch 90\)/);
+    // Issue 12 item 2: finetune.steps 10,000,000 (batch 64 of the 90 training images).
+    assertProblem(await create(t.authA, { modelId: modelA, datasetId: datasetA, options: { finetune: { steps: 10_000_000 } } }),
+      422, /needs an estimated [\d,]+ s of compute \(10,000,000 steps x batch 64 .*the per-job limit is 600 s \(JOB_MAX_COMPUTE_SECONDS\)/);
     assert.equal(await t.env.prisma.job.count(), 0, 'nothing was created');
   });
 
@@ -344,15 +360,15 @@ describe('the estimate before queueing, the tenant quotas, fair dispatch', () =>
 
   test('past the hourly compute quota: 429 with Retry-After counting down to when the hour makes room', async () => {
     const model = await t.env.prisma.onnxModel.findUniqueOrThrow({ where: { id: modelA } });
-    const options = { finetune: { steps: 200_000 } };
-    const estimate = estimateJob({ model, dataset: 'builtin', options }, t.env.config.engineMacsPerSecond);
+    const dataset = await t.env.prisma.dataset.findUniqueOrThrow({ where: { id: datasetA } });
+    const options = { finetune: { steps: 100_000 } };
+    const estimate = estimateJob({ model, dataset, options }, t.env.config.engineMacsPerSecond);
     assert.ok(estimate.computeSeconds >= 10, JSON.stringify(estimate));
     // Room for two such jobs in an hour, not three.
     const perHour = estimate.computeSeconds * 2 + Math.floor(estimate.computeSeconds / 2);
     const quota = await startTestApp({ TENANT_MAX_COMPUTE_SECONDS_PER_HOUR: String(perHour), TENANT_MAX_RUNNING_JOBS: '5' });
     try {
-      const model2 = await uploadTinynet(quota, quota.authA);
-      const body = { modelId: model2, datasetId: 'builtin:fashion-mnist', options };
+      const body = { modelId: await uploadTinynet(quota, quota.authA), datasetId: await uploadImages(quota, quota.authA), options };
       for (let i = 0; i < 2; i += 1) assert.equal((await quota.http().post('/v1/jobs').set(quota.authA).send(body)).status, 202);
       const refused = await quota.http().post('/v1/jobs').set(quota.authA).send(body);
       assertProblem(refused, 429, /TENANT_MAX_COMPUTE_SECONDS_PER_HOUR/);
