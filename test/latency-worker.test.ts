@@ -55,7 +55,7 @@ test('a rule=latency job: candidates timed by the worker, table handed to the en
     const store = new FileStore(env.config.storageDir);
     const tenant = await env.prisma.tenant.create({ data: { name: `latency-${randomBytes(3).toString('hex')}` } });
     const modelId = await insertModel(env.prisma, store, tenant.id, model, [{ name: 'input', type: 'float32', dims: [1, 64, 32, 32] }]);
-    const jobId = await insertJob(env.prisma, tenant.id, modelId, { rule: 'latency', targetLatency: 0.5 });
+    const jobId = await insertJob(env.prisma, tenant.id, modelId, { rule: 'latency', targetLatency: 0.25 });
     await enqueueCompressionJob(queue, { jobId, tenantId: tenant.id });
     const job = await queue.getJob(jobId);
     assert.ok(job);
@@ -71,7 +71,7 @@ test('a rule=latency job: candidates timed by the worker, table handed to the en
     assert.equal(report.rule, 'latency');
     assert.ok(report.latencyPlan.rounds.length >= 1 && report.latencyPlan.rounds.length <= 3);
     assert.ok(report.latencyPlan.rounds.every((r) => r.timedLayers === 1));
-    assert.equal(report.totals.latency.targetRatio, 0.5);
+    assert.equal(report.totals.latency.targetRatio, 0.25);
     assert.equal(report.totals.latency.basis, 'model');
     assert.ok(Math.abs(report.totals.latency.predictedRatio - report.latencyPlan.predictedRatio) < 1e-9);
     assert.ok(row.events.some((e) => e.type === 'latency'), 'the rounds are in the job events');
