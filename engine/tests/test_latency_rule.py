@@ -206,11 +206,13 @@ def _run(job: Path):
 def test_run_job_uses_the_latency_table_and_reports_it(tmp_path, cnn):
     model = tmp_path / "cnn.onnx"
     onnx.save(cnn, model)
-    base = make_plan(cnn, rule="budget", target_macs=0.6)
+    # Unaligned ranks (block 1): at the host's block the 1x1 "pw" would be kept as saving nothing, before any timing.
+    base = make_plan(cnn, rule="budget", target_macs=0.6, target={"block": 1})
     table_path = tmp_path / "latency-table.json"
     times = {e.name: (1.0, 0.5) for e in base.rewritten()} | {"pw": (0.3, 0.4)}
     table_path.write_text(json.dumps(_table(times, model_ms=5.0, plan=base)))
-    options = {"rule": "latency", "targetMacs": 0.6, "targetLatency": 0.7, "latencyTable": str(table_path)}
+    options = {"rule": "latency", "targetMacs": 0.6, "targetLatency": 0.7, "latencyTable": str(table_path),
+               "target": {"block": 1}}
     code, events, err = _run(_job(tmp_path, model, options))
     assert code == 0, err
     plan = json.loads((tmp_path / "out" / "plan.json").read_text())
@@ -230,8 +232,8 @@ def test_run_job_uses_the_latency_table_and_reports_it(tmp_path, cnn):
 
 
 @pytest.mark.parametrize("options,match", [
-    ({"rule": "latency", "latencyTable": "relative/table.json"}, "options.latencyTable must be the absolute path"),
-    ({"rule": "latency", "targetMacs": 0.5}, "worker must time candidates first"),
+    ({"rule": "latency", "latencyTable": "relative/table.json"}, "options.latencyTable: 'relative/table.json' does not match"),
+    ({"rule": "latency", "targetMacs": 0.5}, "rule=latency needs latencyTable"),
 ])
 def test_run_job_latency_input_errors(tmp_path, cnn, options, match):
     model = tmp_path / "cnn.onnx"
