@@ -1,6 +1,6 @@
 // POST /v1/jobs with options.maxAccuracyDrop (accuracy-target mode, engine/tuckerize/search.py): it measures
 // top-1 on the dataset's held-out split, so a job without a dataset, or with an unlabelled one, is a 422 at
-// once; the option's range and its rule are 400s from the contract.
+// once; the option's range and its rule are 422s from the contract.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -49,11 +49,11 @@ test('maxAccuracyDrop without a dataset or with an unlabelled one is a 422 namin
   assert.equal(await t.env.prisma.job.count(), count, 'no job row');
 });
 
-test('the range and the rule come from the contract as 400s', async () => {
-  assertProblem(await post({ datasetId: labelledId, options: { maxAccuracyDrop: 0 } }), 400, /maxAccuracyDrop must be > 0/);
-  assertProblem(await post({ datasetId: labelledId, options: { rule: 'budget', targetMacs: 0.3, maxAccuracyDrop: 1 } }), 400,
+test('the range and the rule come from the contract as 422s', async () => {
+  assertProblem(await post({ datasetId: labelledId, options: { maxAccuracyDrop: 0 } }), 422, /maxAccuracyDrop must be > 0/);
+  assertProblem(await post({ datasetId: labelledId, options: { rule: 'budget', targetMacs: 0.3, maxAccuracyDrop: 1 } }), 422,
     /maxAccuracyDrop applies only to rule=vbmf/);
-  assertProblem(await post({ datasetId: labelledId, options: { method: 'fastest' } }), 400, /method/);
+  assertProblem(await post({ datasetId: labelledId, options: { method: 'fastest' } }), 422, /method/);
 });
 
 test('a labelled dataset is accepted with the new options', async () => {

@@ -1,5 +1,5 @@
 // POST /v1/jobs refuses what the engine would refuse later (src/contract/job-options.ts), naming the field:
-// option values and combinations as 400s, options that do not fit the uploaded model as 422s.
+// option values and combinations as 422s (invalid-job-options), options that do not fit the uploaded model as 422s.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { optionsModelMismatch } from '../src/contract/job-options.js';
@@ -31,11 +31,11 @@ async function refused(options: Record<string, unknown>, status: number, pointer
   assert.equal(await t.env.prisma.job.count(), before, 'no job row');
 }
 
-test('limits and combinations the engine refuses are 400s naming the option', async () => {
-  await refused({ finetune: { clipGradNorm: 1e9 } }, 400, '/options/finetune/clipGradNorm', /clipGradNorm must be ≤ 1e6/);
-  await refused({ rule: 'budget', targetMacs: 0.5, strength: 0.5 }, 400, '/options/strength', /strength applies only to rule=vbmf/);
-  await refused({ rule: 'budget', targetMacs: 0.5, targetParams: 0.5 }, 400, '/options/targetParams', /not both/);
-  await refused({ rule: 'latency', targetLatency: 0.5, strength: 0.5 }, 400, '/options/strength', /not rule=latency/);
+test('limits and combinations the engine refuses are 422s naming the option', async () => {
+  await refused({ finetune: { clipGradNorm: 1e9 } }, 422, '/options/finetune/clipGradNorm', /clipGradNorm must be ≤ 1e6/);
+  await refused({ rule: 'budget', targetMacs: 0.5, strength: 0.5 }, 422, '/options/strength', /strength applies only to rule=vbmf/);
+  await refused({ rule: 'budget', targetMacs: 0.5, targetParams: 0.5 }, 422, '/options/targetParams', /not both/);
+  await refused({ rule: 'latency', targetLatency: 0.5, strength: 0.5 }, 422, '/options/strength', /not rule=latency/);
 });
 
 test("an inputShape that does not fit the model's input is a 422 naming options.inputShape", async () => {

@@ -96,12 +96,16 @@ describe('POST /v1/jobs', () => {
     ['an unknown builtin dataset', { modelId: 'M', datasetId: 'builtin:imagenet' }, /datasetId must be a dataset id/],
     ['options not an object', { modelId: 'M', options: 'fast' }, /request body at \/options/],
   ];
+  // A malformed request is a 400; a well-formed one whose options the engine would refuse is a 422.
+  const malformed = new Set(['an unknown top-level field', 'finetune without a dataset', 'modelId not a uuid', 'no modelId',
+    'an unknown builtin dataset', 'options not an object']);
   for (const [what, body, detail] of invalid) {
-    test(`400 for ${what}`, async () => {
+    const status = malformed.has(what) ? 400 : 422;
+    test(`${status} for ${what}`, async () => {
       const before = await t.env.prisma.job.count();
       const payload = JSON.parse(JSON.stringify(body).replaceAll('"M"', JSON.stringify(modelA)));
       const res = await t.http().post('/v1/jobs').set(t.authA).send(payload);
-      assertProblem(res, 400, detail);
+      assertProblem(res, status, detail);
       assert.ok(Array.isArray(res.body.errors) && res.body.errors.length > 0, 'errors lists the fields');
       assert.equal(await t.env.prisma.job.count(), before, 'no job row');
     });

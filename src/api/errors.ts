@@ -140,6 +140,11 @@ export function toApiError(error: unknown): ApiError | undefined {
       return unknownKeys.map((key) => ({ in: part, pointer: `${pointer}/${String(key).replaceAll('~', '~0').replaceAll('/', '~1')}`, detail }));
     });
     const summary = errors.map((e) => `${e.pointer || '(the whole ' + part + ')'}: ${e.detail}`).join('; ');
+    // A well-formed job whose options the engine would refuse is unprocessable, not malformed: the same
+    // 422 the engine's own refusals used to produce after the job had waited in the queue.
+    if (part === 'body' && errors.length > 0 && errors.every((e) => e.pointer.startsWith('/options/'))) {
+      return new ApiError(422, 'invalid-job-options', 'Invalid job options', `invalid job options at ${summary}`, errors);
+    }
     const label = { body: 'request body', query: 'query string', path: 'path', header: 'headers' }[part];
     return new BadRequestError(`invalid ${label} at ${summary}`, errors);
   }

@@ -65,6 +65,11 @@ export const PROBLEM_TYPES: Record<string, ProblemType> = {
     title: 'Bad request',
     description: 'The request is malformed: a field is missing, of the wrong type or out of range. `errors[]` names each field (`in` and an RFC 6901 `pointer`).',
   },
+  'invalid-job-options': {
+    status: 422,
+    title: 'Invalid job options',
+    description: 'The job request is well-formed but its `options` cannot be run: a value out of range or a combination the engine refuses (the same rules the engine checks, from one shared schema). `errors[]` names each option with an RFC 6901 `pointer` under `/options`.',
+  },
   unauthorized: {
     status: 401,
     title: 'Unauthorized',

@@ -30,7 +30,7 @@ export async function runHeyApiFlow(input: FlowInput): Promise<FlowRecord> {
   const dataset = datasetUpload.data;
 
   const invalid = await createJob({ client, body: { modelId: model.id, options: { rule: 'budget' } } });
-  assert.equal(invalid.response?.status, 400);
+  assert.equal(invalid.response?.status, 422);
   assert.ok(invalid.error?.errors?.some((e) => e.in === 'body' && e.pointer === '/options/targetMacs'), JSON.stringify(invalid.error));
   const misfit = await createJob({ client, body: { modelId: model.id, datasetId: 'builtin:fashion-mnist' } });
   assert.equal(misfit.response?.status, 422);

@@ -36,7 +36,7 @@ export async function runOpenapiFetchFlow(input: FlowInput): Promise<FlowRecord>
 
   // Errors are typed problem+json: a field error points into the body with an RFC 6901 pointer.
   const invalid = await client.POST('/v1/jobs', { body: { modelId: model.id, options: { rule: 'ratio', ratio: 1.5 } } });
-  assert.equal(invalid.response.status, 400);
+  assert.equal(invalid.response.status, 422);
   assert.equal(invalid.error?.errors?.[0]?.in, 'body');
   assert.equal(invalid.error?.errors?.[0]?.pointer, '/options/ratio');
   const misfit = await client.POST('/v1/jobs', { body: { modelId: model.id, datasetId: 'builtin:fashion-mnist' } });

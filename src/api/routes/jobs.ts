@@ -98,7 +98,9 @@ export const jobRoutes: FastifyPluginAsyncZod<{ ctx: AppContext }> = async (app,
         description:
           'Queues a compression of an uploaded model. With an `Idempotency-Key` header, repeating the same request ' +
           'returns the same job (with Idempotent-Replayed: true); reusing the key with a different body is a 409. ' +
-          'A dataset whose images do not fit the model input (channels, size) is a 422 here, not a failed job later.',
+          'A dataset whose images do not fit the model input (channels, size) is a 422 here, not a failed job later; ' +
+          'so are options the engine would refuse (type `invalid-job-options`, each option named by an RFC 6901 ' +
+          'pointer under `/options`). A malformed body (missing modelId, unknown top-level field) is a 400.',
         tags: ['jobs'],
         security: AUTH,
         headers: IdempotencyHeadersSchema,
