@@ -7,7 +7,7 @@ import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { execFileSync } from 'node:child_process';
 import { DEFAULT_ZIP_LIMITS, InputRejected, inspectZipDataset, type RejectionCode, type ZipLimits } from '../src/security/index.js';
-import { imageDimensions } from '../src/security/zip-inspect.js';
+import { imageDimensions } from '../src/security/image-header.js';
 import { buildZip, JPEG_BYTES, jpegHeader, PNG_BYTES, pngHeader, type ZipEntrySpec } from './fixtures/hostile/zip-writer.js';
 
 const work = mkdtempSync(path.join(tmpdir(), 'tuckerize-zip-'));

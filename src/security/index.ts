@@ -20,7 +20,8 @@ export {
   type InitializerInfo,
   type Dim,
 } from './onnx-inspect.js';
-export { inspectZipDataset, sniffImage, scanZip, DEFAULT_ZIP_LIMITS, type ZipLimits, type ZipDatasetSummary, type ZipEntryInfo, type EntrySink } from './zip-inspect.js';
+export { sniffImage } from './image-header.js';
+export { inspectZipDataset, scanZip, DEFAULT_ZIP_LIMITS, type ZipLimits, type ZipDatasetSummary, type ZipEntryInfo, type EntrySink } from './zip-inspect.js';
 export { inspectNpz, parseNpyHeader, parsePyLiteral, DEFAULT_NPZ_LIMITS, type NpzLimits, type NpzSummary } from './npz-inspect.js';
 
 export interface SecurityLimits {
