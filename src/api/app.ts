@@ -29,6 +29,7 @@ import { JobEventHub } from './job-events.js';
 import { documentHeader, documentObject, documentRoute } from './openapi.js';
 import { ModelAnalyzer } from './model-analysis.js';
 import { datasetRoutes } from './routes/datasets.js';
+import { jobOutputRoutes } from './routes/job-outputs.js';
 import { jobRoutes } from './routes/jobs.js';
 import { reportPageRoutes } from './routes/report-page.js';
 import { modelRoutes } from './routes/models.js';
@@ -241,6 +242,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     await v1.register(modelRoutes, { ctx });
     await v1.register(datasetRoutes, { ctx });
     await v1.register(jobRoutes, { ctx });
+    await v1.register(jobOutputRoutes, { ctx });
     await v1.register(reportPageRoutes, { ctx });
     await v1.register(statsRoutes, { ctx });
     await v1.register(webhookRoutes, { ctx });
