@@ -3,36 +3,25 @@
 // once; the option's range and its rule are 422s from the contract.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { assertProblem, startTestApp, type TestApp } from './helpers/app.js';
-import { createFixtures, type Fixtures } from './helpers/fixtures.js';
+import { assertProblem } from './helpers/app.js';
+import { startApiSuite, type ApiSuite } from './helpers/api-suite.js';
 
-let t: TestApp;
-let fx: Fixtures;
+let t: ApiSuite;
 let modelId: string;
 let labelledId: string;
 let unlabelledId: string;
-let dir: string;
 
 before(async () => {
-  fx = await createFixtures();
-  t = await startTestApp();
-  dir = mkdtempSync(path.join(tmpdir(), 'tz-accuracy-target-'));
-  const unlabelled = path.join(dir, 'unlabelled.npz');
+  t = await startApiSuite();
+  const unlabelled = path.join(t.fx.dir, 'unlabelled.npz');
   execFileSync('/usr/bin/python3', ['-c', `import numpy as np; np.savez(${JSON.stringify(unlabelled)}, x=np.zeros((8, 3, 16, 16), np.uint8))`]);
-  modelId = (await t.http().post('/v1/models').set(t.authA).attach('file', fx.tiny)).body.id;
-  labelledId = (await t.http().post('/v1/datasets').set(t.authA).attach('file', fx.imagesNpz)).body.id;
-  unlabelledId = (await t.http().post('/v1/datasets').set(t.authA).attach('file', unlabelled)).body.id;
-  assert.ok(modelId && labelledId && unlabelledId, 'fixtures uploaded');
+  modelId = await t.upload('models', t.fx.tiny);
+  labelledId = await t.upload('datasets', t.fx.imagesNpz);
+  unlabelledId = await t.upload('datasets', unlabelled);
 });
-after(async () => {
-  await t?.close();
-  await fx?.cleanup();
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
+after(() => t?.close());
 
 async function post(body: Record<string, unknown>) {
   return t.http().post('/v1/jobs').set(t.authA).send({ modelId, ...body });

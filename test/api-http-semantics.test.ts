@@ -5,8 +5,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { noneMatch, parseEntityTags } from '../src/api/routes/common.js';
 import { stageRate, StageRateTracker } from '../src/api/progress-rate.js';
-import { assertProblem, startTestApp, type TestApp } from './helpers/app.js';
-import { createFixtures, type Fixtures } from './helpers/fixtures.js';
+import { assertProblem } from './helpers/app.js';
+import { startApiSuite, type ApiSuite } from './helpers/api-suite.js';
 
 describe('conditional request matching (RFC 9110 §13.1.2)', () => {
   test('weak comparison, lists and *', () => {
@@ -41,19 +41,14 @@ describe('stage rate and ETA', () => {
 });
 
 describe('API semantics', () => {
-  let t: TestApp;
-  let fx: Fixtures;
+  let t: ApiSuite;
   let modelId: string;
 
   before(async () => {
-    fx = await createFixtures();
-    t = await startTestApp();
-    modelId = (await t.http().post('/v1/models').set(t.authA).attach('file', fx.tiny)).body.id;
+    t = await startApiSuite();
+    modelId = await t.upload('models', t.fx.tiny);
   });
-  after(async () => {
-    await t?.close();
-    await fx?.cleanup();
-  });
+  after(() => t?.close());
 
   const create = async () => (await t.http().post('/v1/jobs').set(t.authA).send({ modelId })).body.id as string;
 

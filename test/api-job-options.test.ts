@@ -3,23 +3,17 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { optionsModelMismatch } from '../src/contract/job-options.js';
-import { assertProblem, startTestApp, type TestApp } from './helpers/app.js';
-import { createFixtures, type Fixtures } from './helpers/fixtures.js';
+import { assertProblem } from './helpers/app.js';
+import { startApiSuite, type ApiSuite } from './helpers/api-suite.js';
 
-let t: TestApp;
-let fx: Fixtures;
+let t: ApiSuite;
 let modelId: string;
 
 before(async () => {
-  fx = await createFixtures();
-  t = await startTestApp();
-  modelId = (await t.http().post('/v1/models').set(t.authA).attach('file', fx.tiny)).body.id;
-  assert.ok(modelId, 'fixture uploaded');
+  t = await startApiSuite();
+  modelId = await t.upload('models', t.fx.tiny);
 });
-after(async () => {
-  await t?.close();
-  await fx?.cleanup();
-});
+after(() => t?.close());
 
 async function refused(options: Record<string, unknown>, status: number, pointer: string, detail: RegExp): Promise<void> {
   const before = await t.env.prisma.job.count();

@@ -10,11 +10,10 @@ import { requeueOrphans } from '../src/db/reconcile.js';
 import { JobStates } from '../src/jobs/state.js';
 import { cancelChannel, createCompressionQueue, type JobProgress } from '../src/queue/index.js';
 import { FileStore } from '../src/store/artifacts.js';
-import { assertProblem, startTestApp, type TestApp } from './helpers/app.js';
-import { createFixtures, type Fixtures } from './helpers/fixtures.js';
+import { assertProblem, startTestApp } from './helpers/app.js';
+import { startApiSuite, type ApiSuite } from './helpers/api-suite.js';
 
-let t: TestApp;
-let fx: Fixtures;
+let t: ApiSuite;
 let modelA: string;
 let modelB: string;
 let datasetA: string;
@@ -22,19 +21,14 @@ let mnistDatasetA: string;
 let datasetB: string;
 
 before(async () => {
-  fx = await createFixtures();
-  t = await startTestApp();
-  modelA = (await t.http().post('/v1/models').set(t.authA).attach('file', fx.tiny)).body.id;
-  modelB = (await t.http().post('/v1/models').set(t.authB).attach('file', fx.tiny2)).body.id;
-  datasetA = (await t.http().post('/v1/datasets').set(t.authA).attach('file', fx.imagesNpz)).body.id;
-  mnistDatasetA = (await t.http().post('/v1/datasets').set(t.authA).attach('file', fx.mnistShapedNpz)).body.id;
-  datasetB = (await t.http().post('/v1/datasets').set(t.authB).attach('file', fx.imagesNpz)).body.id;
-  for (const id of [modelA, modelB, datasetA, mnistDatasetA, datasetB]) assert.ok(id, 'fixtures uploaded');
+  t = await startApiSuite();
+  modelA = await t.upload('models', t.fx.tiny);
+  modelB = await t.upload('models', t.fx.tiny2, t.authB);
+  datasetA = await t.upload('datasets', t.fx.imagesNpz);
+  mnistDatasetA = await t.upload('datasets', t.fx.mnistShapedNpz);
+  datasetB = await t.upload('datasets', t.fx.imagesNpz, t.authB);
 });
-after(async () => {
-  await t?.close();
-  await fx?.cleanup();
-});
+after(() => t?.close());
 
 async function createJob(body: Record<string, unknown>, auth = t.authA): Promise<string> {
   const res = await t.http().post('/v1/jobs').set(auth).send(body);
@@ -265,7 +259,7 @@ describe('report and artifact', () => {
 
     // What the worker does on success: store the compressed model, record it, attach the report.
     const store = new FileStore(t.env.config.storageDir);
-    const object = await store.ingestFile(fx.tiny2);
+    const object = await store.ingestFile(t.fx.tiny2);
     const report = { layers: [], totals: { params: { before: 314, after: 200, ratio: 0.64 }, macs: { before: 9000, after: 5000, ratio: 0.56 } }, timings: { analyze: 0.1 } };
     await t.env.prisma.artifact.create({ data: { jobId: id, kind: 'model', sha256: object.sha256, bytes: BigInt(object.bytes), storageKey: object.key } });
     await t.env.prisma.job.update({ where: { id }, data: { status: 'succeeded', progress: 1, report } });
@@ -276,7 +270,7 @@ describe('report and artifact', () => {
 
     const res = await t.http().get(`/v1/jobs/${id}/artifact`).set(t.authA).buffer(true).parse(binary);
     assert.equal(res.status, 200);
-    const expected = await readFile(fx.tiny2);
+    const expected = await readFile(t.fx.tiny2);
     assert.ok((res.body as Buffer).equals(expected), 'the streamed bytes are the artifact');
     const sha = createHash('sha256').update(expected).digest('hex');
     assert.equal(res.headers['x-content-sha256'], sha);
@@ -357,7 +351,7 @@ describe('enqueue failure and requeueOrphans', () => {
     deadQueue.on('error', () => undefined);
     const broken = await startTestApp({}, { queue: deadQueue });
     try {
-      const model = await broken.http().post('/v1/models').set(broken.authA).attach('file', fx.tiny);
+      const model = await broken.http().post('/v1/models').set(broken.authA).attach('file', t.fx.tiny);
       const res = await broken.http().post('/v1/jobs').set(broken.authA).send({ modelId: model.body.id });
       assert.equal(res.status, 202, JSON.stringify(res.body));
       assert.equal((await broken.env.prisma.job.findUniqueOrThrow({ where: { id: res.body.id } })).status, 'queued');
