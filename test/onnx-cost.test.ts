@@ -18,7 +18,8 @@ let dir = '';
 
 const MIXED_MODEL = `
 import sys, numpy as np, onnx
-from onnx import helper, numpy_helper, TensorProto as T
+from onnx import helper, numpy_helper
+from onnx_builders import make_model, value
 rng = np.random.default_rng(0)
 init = lambda name, shape: numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
 nodes = [
@@ -30,10 +31,7 @@ nodes = [
 ]
 inits = [init('w_up', (4, 6, 3, 3)), init('w_conv', (6, 3, 3, 3)), init('w_fc', (5, 6 * 16 * 16)), init('b', (5,)),
          numpy_helper.from_array(np.array([0, -1], np.int64), 'flat_shape')]
-graph = helper.make_graph(nodes, 'mixed', [helper.make_tensor_value_info('x', T.FLOAT, ['N', 4, 8, 8])],
-                          [helper.make_tensor_value_info('y', T.FLOAT, ['N', 5])], inits)
-model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 13)])
-model.ir_version = 7
+model = make_model(nodes, [value('x', ['N', 4, 8, 8], np.float32)], [value('y', ['N', 5], np.float32)], inits, ir_version=7)
 onnx.checker.check_model(model)
 onnx.save(model, sys.argv[1])
 `;
@@ -52,7 +50,7 @@ print(json.dumps(out))
 
 before(async () => {
   dir = await mkdtemp(path.join(tmpdir(), 'tuckerize-cost-'));
-  execFileSync(PYTHON, ['-c', MIXED_MODEL, path.join(dir, 'mixed.onnx')]);
+  execFileSync(PYTHON, ['-c', MIXED_MODEL, path.join(dir, 'mixed.onnx')], { env: { ...process.env, PYTHONPATH: path.join(REPO, 'engine', 'tests') } });
 });
 after(async () => {
   await rm(dir, { recursive: true, force: true });

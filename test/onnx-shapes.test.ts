@@ -30,7 +30,8 @@ function writeTemp(bytes: Buffer): string {
 // Every op family the inference follows, written as exporters write them (shape arithmetic included).
 const MANY_OPS_MODEL = `
 import sys, numpy as np, onnx
-from onnx import helper, numpy_helper, TensorProto as T
+from onnx import helper, numpy_helper
+from onnx_builders import make_model, value
 rng = np.random.default_rng(0)
 f = lambda name, shape: numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
 i64 = lambda name, values: numpy_helper.from_array(np.array(values, np.int64), name)
@@ -68,10 +69,7 @@ inits = [f('w1', (8, 3, 3, 3)), f('g', (8,)), f('b', (8,)), f('m', (8,)), varian
          i64('pads', [0, 0, 1, 2, 0, 0, 3, 4]), i64('starts', [1, 0]), i64('ends', [-1, 1000]), i64('axes', [2, 3]),
          i64('split', [1, 3]), i64('zero', 0), i64('axes0', [0]), i64('minus1', [-1]), f('wm', (4 * 17 * 19, 7)),
          f('bias', (7,)), f('wg', (5, 6))]
-graph = helper.make_graph(nodes, 'many', [helper.make_tensor_value_info('x', T.FLOAT, [1, 3, 31, 31])],
-                          [helper.make_tensor_value_info('y', T.FLOAT, [1, 7]), helper.make_tensor_value_info('z', T.FLOAT, [1, 5])], inits)
-m = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 13)])
-m.ir_version = 7
+m = make_model(nodes, [value('x', [1, 3, 31, 31], np.float32)], [value('y', [1, 7], np.float32), value('z', [1, 5], np.float32)], inits, ir_version=7)
 onnx.checker.check_model(m)
 onnx.save(m, sys.argv[1])
 `;
@@ -100,7 +98,7 @@ print(json.dumps(out))
 describe('shape inference', () => {
   let files: string[] = [];
   before(() => {
-    execFileSync(PYTHON, ['-c', MANY_OPS_MODEL, path.join(work, 'many_ops.onnx')]);
+    execFileSync(PYTHON, ['-c', MANY_OPS_MODEL, path.join(work, 'many_ops.onnx')], { env: { ...process.env, PYTHONPATH: path.join(REPO, 'engine', 'tests') } });
     execFileSync(PYTHON, [path.join(REPO, 'benchmarks', 'fixtures', 'tiny_models.py'), work], { stdio: 'ignore' });
     const assets = path.join(REPO, 'assets', 'models');
     files = [

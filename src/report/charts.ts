@@ -41,6 +41,12 @@ function svg(width: number, height: number, id: string, label: string, body: str
   ].join('\n');
 }
 
+/** An axis line of `width` from (x, y) with ticks at its start, middle and end, labelled by the fraction. */
+function horizontalAxis(x: number, y: number, width: number, label: (fraction: number) => string): string[] {
+  const ticks = ([[0, 'start'], [0.5, 'middle'], [1, 'end']] as const).map(([f, anchor]) => text(x + f * width, y + 16, label(f), 'tick', anchor));
+  return [`<line x1="${x}" y1="${y}" x2="${x + width}" y2="${y}" class="axis"/>`, ...ticks];
+}
+
 const LABEL_WIDTH = 270;
 const MACS_WIDTH = 430;
 const GAP = 30;
@@ -81,10 +87,8 @@ export function layerChart(layers: LayerRow[]): string {
     body.push('</g>');
   });
   const axisY = TOP + layers.length * ROW + 4;
-  body.push(`<line x1="${macsX}" y1="${axisY}" x2="${macsX + MACS_WIDTH}" y2="${axisY}" class="axis"/>`);
-  for (const f of [0, 0.5, 1]) body.push(text(macsX + f * MACS_WIDTH, axisY + 16, count(f * max), 'tick', f === 0 ? 'start' : f === 1 ? 'end' : 'middle'));
-  body.push(`<line x1="${errorX}" y1="${axisY}" x2="${errorX + ERROR_WIDTH}" y2="${axisY}" class="axis"/>`);
-  for (const f of [0, 0.5, 1]) body.push(text(errorX + f * ERROR_WIDTH, axisY + 16, String(f), 'tick', f === 0 ? 'start' : f === 1 ? 'end' : 'middle'));
+  body.push(...horizontalAxis(macsX, axisY, MACS_WIDTH, (f) => count(f * max)));
+  body.push(...horizontalAxis(errorX, axisY, ERROR_WIDTH, String));
   return svg(width, height, 'layer-chart', 'Per-layer MACs before and after compression, and the relative error of each rewritten weight', body);
 }
 
