@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import torch  # noqa: E402
 
-from compress_speed_hooi import _cpu_name, replace_section  # noqa: E402
+from markdown_section import add_output_arguments, cpu_name, publish  # noqa: E402
 from tuckerize.tucker import _top_eigenpairs  # noqa: E402
 from tuckerize.vbmf import gram_matrix, squared_norm  # noqa: E402
 
@@ -82,7 +82,7 @@ def render(rows: list[dict], m: int, n: int, r: int, command: str, load) -> str:
         "## FC factorisations at high rank: exact against randomised (issue 11)",
         "",
         f"Measured — command `{command}`; a seeded {m}×{n} Gaussian matrix (flat spectrum, like the benchmarks' "
-        f"random-weight FC layers) at rank {r}; {_cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__} "
+        f"random-weight FC layers) at rank {r}; {cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__} "
         f"with {torch.get_num_threads()} thread(s); {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC; load average "
         f"{'/'.join(f'{v:.1f}' for v in load)} at start. CPU = process CPU seconds of the eigen step (the Gram "
         "matrix and the projection Uᵀ·W are the same for both); gap = relative difference of ‖W − Ŵ‖ from the "
@@ -116,18 +116,14 @@ def main() -> int:
     parser.add_argument("--m", type=int, default=4096)
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--r", type=int, default=1024)
-    parser.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
-    parser.add_argument("--no-write", action="store_true")
+    add_output_arguments(parser, REPO / "BENCHMARKS.md")
     args = parser.parse_args()
     load = os.getloadavg()
     rows = measure(args.m, args.n, args.r)
     command = "OMP_NUM_THREADS=1 python3 benchmarks/compress_speed_fc.py" + (
         "" if (args.m, args.n, args.r) == (4096, 4096, 1024) else f" --m {args.m} --n {args.n} --r {args.r}")
     section = render(rows, args.m, args.n, args.r, command, load)
-    if args.no_write:
-        print(section)
-    else:
-        replace_section(Path(args.out), "fc-eig", section)
+    publish(args, "fc-eig", section)
     return 0
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -22,10 +20,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "engine"))
 sys.path.insert(0, str(REPO / "engine" / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 import torch  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
+from markdown_section import add_output_arguments, cpu_name, publish  # noqa: E402
 from tuckerize.onnx_graph import constant_tensors, load_model  # noqa: E402
 from tuckerize.plan import Plan, make_plan  # noqa: E402
 from tuckerize.ranks import TARGET_HOST  # noqa: E402
@@ -63,7 +63,7 @@ def measure(model_path: str, plan_path: str | None) -> tuple[list[dict], str]:
 
 
 def render(rows: list[dict], source: str, command: str, load: tuple[float, float, float]) -> str:
-    cpu = _cpu_name()
+    cpu = cpu_name()
     lines = [
         "## HOOI sweeps: error and time (issue 11)",
         "",
@@ -86,32 +86,11 @@ def render(rows: list[dict], source: str, command: str, load: tuple[float, float
     return "\n".join(lines)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def replace_section(path: Path, name: str, body: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    block = f"<!-- {name}:begin -->\n{body.rstrip()}\n<!-- {name}:end -->"
-    pattern = re.compile(rf"<!-- {name}:begin -->.*?<!-- {name}:end -->", re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text.rstrip()}\n\n{block}\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="ONNX model (default: the zoo's VGG-16 at 224)")
     parser.add_argument("--plan", help="plan.json to take the ranks from")
-    parser.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
-    parser.add_argument("--no-write", action="store_true")
+    add_output_arguments(parser, REPO / "BENCHMARKS.md")
     args = parser.parse_args()
     model = args.model
     if model is None:
@@ -121,10 +100,7 @@ def main() -> int:
     rows, source = measure(model, args.plan)
     command = "python3 benchmarks/compress_speed_hooi.py" + (f" --plan {Path(args.plan).name}" if args.plan else "")
     section = render(rows, source, command, load)
-    if args.no_write:
-        print(section)
-    else:
-        replace_section(Path(args.out), "hooi", section)
+    publish(args, "hooi", section)
     return 0
 
 
