@@ -4,8 +4,7 @@
 // and the value, through inspectOnnx and through POST /v1/models.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -13,19 +12,12 @@ import { readModelFile } from '../src/onnx/index.js';
 import { inferShapes } from '../src/onnx/shapes.js';
 import { DEFAULT_ONNX_LIMITS, InputRejected, inspectOnnx, type RejectionCode } from '../src/security/index.js';
 import { assertProblem, startTestApp, type TestApp } from './helpers/app.js';
+import { scratchDir } from './helpers/scratch.js';
 import { convModel, intAttribute, intsAttribute, model, node, pb, tensor, valueInfo } from './fixtures/hostile/protobuf-writer.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const PYTHON = process.env.ENGINE_PYTHON ?? '/usr/bin/python3';
-const work = mkdtempSync(path.join(tmpdir(), 'tuckerize-shapes-'));
-after(() => rmSync(work, { recursive: true, force: true }));
-
-let counter = 0;
-function writeTemp(bytes: Buffer): string {
-  const file = path.join(work, `m${counter++}.onnx`);
-  writeFileSync(file, bytes);
-  return file;
-}
+const scratch = scratchDir('tuckerize-shapes-');
 
 // Every op family the inference follows, written as exporters write them (shape arithmetic included).
 const MANY_OPS_MODEL = `
@@ -98,11 +90,11 @@ print(json.dumps(out))
 describe('shape inference', () => {
   let files: string[] = [];
   before(() => {
-    execFileSync(PYTHON, ['-c', MANY_OPS_MODEL, path.join(work, 'many_ops.onnx')], { env: { ...process.env, PYTHONPATH: path.join(REPO, 'engine', 'tests') } });
-    execFileSync(PYTHON, [path.join(REPO, 'benchmarks', 'fixtures', 'tiny_models.py'), work], { stdio: 'ignore' });
+    execFileSync(PYTHON, ['-c', MANY_OPS_MODEL, path.join(scratch.dir, 'many_ops.onnx')], { env: { ...process.env, PYTHONPATH: path.join(REPO, 'engine', 'tests') } });
+    execFileSync(PYTHON, [path.join(REPO, 'benchmarks', 'fixtures', 'tiny_models.py'), scratch.dir], { stdio: 'ignore' });
     const assets = path.join(REPO, 'assets', 'models');
     files = [
-      path.join(work, 'many_ops.onnx'), path.join(work, 'tiny.onnx'), path.join(work, 'tiny_lowrank.onnx'), path.join(work, 'tiny_sharedbias.onnx'),
+      ...['many_ops', 'tiny', 'tiny_lowrank', 'tiny_sharedbias'].map((name) => path.join(scratch.dir, `${name}.onnx`)),
       ...readdirSync(assets).filter((f) => f.endsWith('.onnx')).map((f) => path.join(assets, f)),
     ];
   });
@@ -128,7 +120,7 @@ describe('shape inference', () => {
 
 async function rejection(bytes: Buffer, limits = DEFAULT_ONNX_LIMITS): Promise<InputRejected> {
   try {
-    await inspectOnnx(writeTemp(bytes), limits);
+    await inspectOnnx(scratch.writeModel(bytes), limits);
   } catch (err) {
     assert.ok(err instanceof InputRejected, `expected InputRejected, got ${String(err)}`);
     return err;
@@ -192,12 +184,12 @@ describe('bounds', () => {
 
   test('the element bound is configurable; a symbolic batch counts as 1, other symbolic dims are not followed', async () => {
     const conv = convModel('Conv', ['N', 3, 64, 64], [8, 3, 3, 3], intAttribute('group', 1), intsAttribute('pads', [1, 1, 1, 1]));
-    await inspectOnnx(writeTemp(conv), { ...DEFAULT_ONNX_LIMITS, maxTensorElements: 8 * 64 * 64 });
+    await inspectOnnx(scratch.writeModel(conv), { ...DEFAULT_ONNX_LIMITS, maxTensorElements: 8 * 64 * 64 });
     const err = await rejection(conv, { ...DEFAULT_ONNX_LIMITS, maxTensorElements: 8 * 64 * 64 - 1 });
     assert.match(err.detail, /node "layer" \(Conv\) produces "y" of dims \[1, 8, 64, 64\] = 32768 elements at batch 1, over the limit of 32767/);
     // The weights (216 elements) are within this bound; the input's H and W are not known, so nothing else is checked.
     const dynamic = convModel('Conv', ['N', 3, 'H', 'W'], [8, 3, 3, 3]);
-    await inspectOnnx(writeTemp(dynamic), { ...DEFAULT_ONNX_LIMITS, maxTensorElements: 216 });
+    await inspectOnnx(scratch.writeModel(dynamic), { ...DEFAULT_ONNX_LIMITS, maxTensorElements: 216 });
   });
 });
 

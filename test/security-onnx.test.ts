@@ -1,26 +1,18 @@
 // The ONNX inspector against real exports, crafted protobuf and every rejection reason it has.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { InputRejected, inspectOnnx, SUPPORTED_OPS, type RejectionCode } from '../src/security/index.js';
 import { gemmModel, model, node, pb, tensor, valueInfo } from './fixtures/hostile/protobuf-writer.js';
+import { scratchDir } from './helpers/scratch.js';
 
 const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'hostile');
 const REPO = path.resolve(FIXTURES, '..', '..', '..');
 const PYTHON = '/usr/bin/python3';
-const work = mkdtempSync(path.join(tmpdir(), 'tuckerize-onnx-'));
-after(() => rmSync(work, { recursive: true, force: true }));
-
-let counter = 0;
-function writeTemp(bytes: Buffer): string {
-  const file = path.join(work, `m${counter++}.onnx`);
-  writeFileSync(file, bytes);
-  return file;
-}
+const scratch = scratchDir('tuckerize-onnx-');
 
 async function rejection(file: string): Promise<InputRejected> {
   try {
@@ -57,7 +49,7 @@ describe('valid models', () => {
     // 700×500 float32 = 1.4 MB of raw_data: the payload crosses the reader's 1 MiB window, and an
     // unpacked-dims initializer after it must still be found.
     const unpackedDims = Buffer.concat([pb.varint(1, 3), pb.varint(1, 2), pb.varint(2, 1), pb.bytes(8, 'b2'), pb.bytes(9, Buffer.alloc(24))]);
-    const big = writeTemp(gemmModel(700, 500, [unpackedDims]));
+    const big = scratch.writeModel(gemmModel(700, 500, [unpackedDims]));
     // The reference nets the engine trains (assets/models) must pass too: they are what the demo uploads.
     const assets = path.join(REPO, 'assets', 'models');
     const referenceNets = readdirSync(assets).filter((f) => f.endsWith('.onnx')).map((f) => path.join(assets, f));
@@ -90,7 +82,7 @@ describe('valid models', () => {
 
   test('float_data written unpacked (one fixed32 field per element) is counted element by element', async () => {
     const floats = Buffer.concat([1, 2, 3, 4, 5, 6].map((v) => pb.fixed32(4, v)));
-    const file = writeTemp(
+    const file = scratch.writeModel(
       model({
         nodes: [node('Gemm', ['x', 'w'], ['y'], 'fc')],
         initializers: [tensor('w', [2, 3], floats)],
@@ -134,7 +126,7 @@ describe('rejections', () => {
   }
 
   test('an empty file', async () => {
-    const err = await rejection(writeTemp(Buffer.alloc(0)));
+    const err = await rejection(scratch.writeModel(Buffer.alloc(0)));
     assert.equal(err.code, 'onnx_empty');
     assert.match(err.detail, /empty/);
   });
@@ -142,7 +134,7 @@ describe('rejections', () => {
   test('a model cut anywhere inside its graph is reported as truncated', async () => {
     const good = readFileSync(path.join(FIXTURES, 'good_tinynet.onnx'));
     for (const cut of [1, 40, Math.floor(good.length / 2), good.length - 30]) {
-      const err = await rejection(writeTemp(good.subarray(0, cut)));
+      const err = await rejection(scratch.writeModel(good.subarray(0, cut)));
       assert.equal(err.code, 'onnx_truncated', `cut at ${cut}: ${err.message}`);
       assert.match(err.detail, /truncated/);
     }
@@ -155,7 +147,7 @@ describe('rejections', () => {
       Buffer.concat([Buffer.from('PK\x03\x04'), Buffer.alloc(64)]),
     ];
     for (const bytes of files) {
-      const err = await rejection(writeTemp(bytes));
+      const err = await rejection(scratch.writeModel(bytes));
       assert.equal(err.code, 'onnx_not_protobuf', err.message);
       assert.match(err.detail, /not (a protobuf-encoded |part of an )?ONNX/);
     }
@@ -167,13 +159,13 @@ describe('rejections', () => {
     const graphAt = good.indexOf(0x3a);
     const bad = Buffer.from(good);
     bad[graphAt] = 0x3d;
-    const err = await rejection(writeTemp(bad));
+    const err = await rejection(scratch.writeModel(bad));
     assert.equal(err.code, 'onnx_not_protobuf');
     assert.match(err.detail, /field 7 \(fixed32\)/);
   });
 
   test('a tensor that stores its data in two fields', async () => {
-    const file = writeTemp(
+    const file = scratch.writeModel(
       model({
         nodes: [node('Gemm', ['x', 'w'], ['y'], 'fc')],
         initializers: [tensor('w', [1, 2], pb.bytes(9, Buffer.alloc(8)), pb.fixed32(4, 1), pb.fixed32(4, 2))],
@@ -190,7 +182,7 @@ describe('rejections', () => {
     // The graph holds one node whose op_type claims 200 bytes while the node is 10 bytes long.
     const badNode = Buffer.concat([Buffer.from([0x22, 200, 1]), Buffer.from('Relu')]);
     const graph = Buffer.concat([pb.message(1, badNode), Buffer.alloc(300)]);
-    const file = writeTemp(Buffer.concat([pb.varint(1, 7), pb.message(7, graph)]));
+    const file = scratch.writeModel(Buffer.concat([pb.varint(1, 7), pb.message(7, graph)]));
     const err = await rejection(file);
     assert.equal(err.code, 'onnx_not_protobuf');
     assert.match(err.detail, /more than its enclosing message holds/);
@@ -214,7 +206,7 @@ describe('rejections', () => {
         for (let k = 0; k < 3; k++) bytes[Math.floor(random() * bytes.length)] = Math.floor(random() * 256);
       }
       try {
-        await inspectOnnx(writeTemp(bytes));
+        await inspectOnnx(scratch.writeModel(bytes));
         accepted++;
       } catch (err) {
         assert.ok(err instanceof InputRejected, `trial ${trial}: ${String(err)}`);
