@@ -16,7 +16,7 @@ const stats = (ms: number) => ({ runs: 20, medianMs: ms, p90Ms: ms, meanMs: ms, 
 test('a section is replaced in place, appended the first time, and the rest of the file is kept', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'sections-'));
   try {
-    const file = join(dir, 'B.md');
+    const file = join(dir, 'BENCH-OUT.md');
     await writeFile(file, '# Title\n\n<!-- other:begin -->\nkept $& as is\n<!-- other:end -->\n');
     await replaceSection(file, 'mine', 'first $1 version');
     await replaceSection(file, 'mine', 'second version');

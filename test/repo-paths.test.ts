@@ -23,6 +23,7 @@ const WRITTEN_NOT_READ = new Map([
   ['OUT.md', 'benchmarks/accuracy_table.py: the --markdown output file in its usage line'],
   ['section.md', 'engine/tests/test_accuracy_table.py: the section the test has accuracy_table.py write'],
   ['ARCH.md', 'engine/tuckerize/reference.py: the training record it writes beside ARCH.onnx'],
+  ['BENCH-OUT.md', 'test/bench-sections.test.ts: the scratch BENCHMARKS file the bench test writes in a temp folder'],
 ]);
 
 function trackedTextFiles(): string[] {
