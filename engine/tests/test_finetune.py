@@ -165,7 +165,7 @@ def test_distillation_without_labels_improves_agreement(tmp_path, teacher, stude
     assert after["agreement"] > before["agreement"]
     assert after["meanKL"] < before["meanKL"]
     assert sections["finetune"]["loss"] == {"distillation": True, "crossEntropy": False, "alpha": 1.0,
-                                            "temperature": 4.0}
+                                            "temperature": 4.0, "featureWeight": 0.0}
 
     initial = {t.name: numpy_helper.to_array(t) for t in student.graph.initializer}
     final = {t.name: numpy_helper.to_array(t) for t in trained.graph.initializer}

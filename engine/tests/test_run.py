@@ -169,7 +169,7 @@ def test_dataset_jobs_report_accuracy(tmp_path, finetune):
     code, events, err = _run(_write_job(tmp_path, model, dataset="builtin:fashion-mnist", options=options))
     assert code == 0, err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    expected_stages = STAGE_ORDER[:3] + (["finetune"] if finetune else []) + STAGE_ORDER[3:]
+    expected_stages = STAGE_ORDER[:3] + ["calibrate"] + (["finetune"] if finetune else []) + STAGE_ORDER[3:]
     assert list(report["timings"]) == expected_stages
     accuracy = report["accuracy"]
     assert accuracy["labels"] is True and accuracy["samples"] > 0
