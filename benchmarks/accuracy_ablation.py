@@ -17,7 +17,6 @@ run is appended to a JSONL at once; a rerun skips (net, config, seed) already th
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shutil
@@ -29,10 +28,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "engine"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from markdown_section import replace_section  # noqa: E402
+from run_log import append_jsonl, read_jsonl, utc_now  # noqa: E402
 
 NETS = ("fmnist-vgg", "fmnist-resnet")
 DATASET = "builtin:fashion-mnist"
-BEGIN, END = "<!-- accuracy-ablation:begin -->", "<!-- accuracy-ablation:end -->"
+SECTION = "accuracy-ablation"
 # Hand-written notes under the table (what limited the runs, measurements made outside this driver).
 NOTES = ROOT / "benchmarks" / "accuracy_ablation_notes.md"
 # The fine-tuning recipe before issue 10, spelled out so the rows stay what they were when defaults move.
@@ -55,10 +58,6 @@ LABELS = {
     "calibrate": "+ layer selection, rank floor and calibration (1,024 images), old recipe",
     "recipe": "+ all of it and the recipe (engine defaults)",
 }
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def run_one(net: str, config: str, seed: int, threads: int, epochs: float, scratch: Path) -> dict:
@@ -120,20 +119,6 @@ def run_one(net: str, config: str, seed: int, threads: int, epochs: float, scrat
         "finetuned": accuracy["finetuned"],
         "finetune": {k: ft.get(k) for k in ("steps", "batchSize", "wallSeconds", "imagesPerSecond", "loss", "options")},
     }
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 # --- rendering -------------------------------------------------------------------------------------------
@@ -204,19 +189,6 @@ def render(records: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def replace_section(path: Path, section: str) -> None:
-    text = path.read_text()
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".benchmarks-", suffix=".md")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["run", "write"])
@@ -256,7 +228,7 @@ def main(argv=None) -> int:
     if args.markdown:
         args.markdown.write_text(section)
     else:
-        replace_section(args.benchmarks, section)
+        replace_section(args.benchmarks, SECTION, section)
     return 0
 
 

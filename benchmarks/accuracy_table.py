@@ -14,23 +14,26 @@ assets/models/ and replaces only the text between the accuracy markers.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from markdown_section import cpu_name, markers, replace_section  # noqa: E402
+from run_log import append_jsonl, read_jsonl, utc_now  # noqa: E402
+
 ENGINE_PYTHON = os.environ.get("ENGINE_PYTHON", "/usr/bin/python3")
 NETS = ("fmnist-vgg", "fmnist-resnet")
 DATASET = "builtin:fashion-mnist"
-BEGIN, END = "<!-- accuracy:begin -->", "<!-- accuracy:end -->"
+SECTION = "accuracy"
+BEGIN, END = markers(SECTION)
 # The variants of the issue's table. "none" runs the pipeline without options.finetune: the evaluate stage
 # then reports the original and the compressed model on the same held-out images.
 VARIANTS = {
@@ -54,26 +57,11 @@ GOAL_MACS_REDUCTION = 4.0
 GOAL_MAX_DROP_POINTS = 0.3
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def load_average() -> Optional[list]:
     try:
         return [round(value, 2) for value in os.getloadavg()]
     except OSError:
         return None
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def finetune_options(variant: str, budget: dict) -> Optional[dict]:
@@ -133,7 +121,7 @@ def run_one(net: str, variant: str, budget: dict, threads: int, seed: int, scrat
         "net": net, "variant": variant, "date": utc_now(), "rc": proc.returncode,
         "command": f"python3 -m tuckerize run job.json  # job.options = {json.dumps(job['options'])}",
         "job": {k: job[k] for k in ("dataset", "threads", "seed", "options")},
-        "budget": run_budget(variant, budget), "torch": torch_version, "cpu": cpu_model(), "cpuCount": os.cpu_count(), "threads": threads,
+        "budget": run_budget(variant, budget), "torch": torch_version, "cpu": cpu_name(), "cpuCount": os.cpu_count(), "threads": threads,
         "processWallSeconds": round(wall, 2), "loadAverage": {"start": load_start, "end": load_average()},
     }
     if proc.returncode != 0:
@@ -151,27 +139,6 @@ def run_one(net: str, variant: str, budget: dict, threads: int, seed: int, scrat
     if finetune_report is not None:
         record["imagesSeen"] = finetune_report["steps"] * finetune_report["batchSize"]
     return record
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise SystemExit(f"{path}:{number}: not a JSON line ({exc}); remove or fix that line")
-    return records
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def sweep(jsonl: Path, budget: dict, threads: int, seed: int, scratch: Path, redo: bool, log=print) -> None:
@@ -407,7 +374,7 @@ def render(records: list[dict], assets: Path, command: str) -> str:
         "",
         "### CPU, this machine",
         "",
-        f"CPU: {first.get('cpu', cpu_model())}, {first.get('cpuCount')} cores shared with other jobs (1-minute load "
+        f"CPU: {first.get('cpu', cpu_name())}, {first.get('cpuCount')} cores shared with other jobs (1-minute load "
         + (f"average {min(loads):.1f}–{max(loads):.1f} at the starts and ends of the runs" if loads else "average not recorded")
         + f"); torch {torch_version} with {first.get('threads')} threads; seed {first['job']['seed']}; runs from {dates[0]} to {dates[-1]}. "
         f"Fine-tuning budgets: {'; '.join(budget_text(json.loads(key)) for key in budgets) or 'none yet'}, each with the "
@@ -442,20 +409,6 @@ def render(records: list[dict], assets: Path, command: str) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def replace_section(path: Path, section: str) -> None:
-    """Replace only the text between the accuracy markers (appending them if absent); other helpers own the rest."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
-    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".benchmarks-", suffix=".md")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -494,7 +447,7 @@ def main(argv=None) -> int:
         if args.markdown is not None:
             args.markdown.write_text(section)
         else:
-            replace_section(args.benchmarks, section)
+            replace_section(args.benchmarks, SECTION, section)
     return 0
 
 
