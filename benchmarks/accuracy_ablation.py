@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "engine"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from markdown_section import replace_section  # noqa: E402
+from markdown_section import write_section  # noqa: E402
 from run_log import append_jsonl, read_jsonl, utc_now  # noqa: E402
 
 NETS = ("fmnist-vgg", "fmnist-resnet")
@@ -225,10 +225,7 @@ def main(argv=None) -> int:
     section = render(records, f"/usr/bin/python3 benchmarks/accuracy_ablation.py write --jsonl {shown}")
     if NOTES.exists():
         section += "\n" + NOTES.read_text()
-    if args.markdown:
-        args.markdown.write_text(section)
-    else:
-        replace_section(args.benchmarks, SECTION, section)
+    write_section(args.benchmarks, SECTION, section, args.markdown)
     return 0
 
 

@@ -26,7 +26,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from markdown_section import cpu_name, markers, replace_section  # noqa: E402
+from markdown_section import cpu_name, markers, write_section  # noqa: E402
 from run_log import append_jsonl, read_jsonl, utc_now  # noqa: E402
 
 ENGINE_PYTHON = os.environ.get("ENGINE_PYTHON", "/usr/bin/python3")
@@ -444,10 +444,7 @@ def main(argv=None) -> int:
         shown = os.path.relpath(args.jsonl, ROOT) if args.jsonl.is_absolute() else str(args.jsonl)
         section = render(records, ROOT / "assets" / "models",
                          f"/usr/bin/python3 benchmarks/accuracy_table.py write --jsonl {shown}")
-        if args.markdown is not None:
-            args.markdown.write_text(section)
-        else:
-            replace_section(args.benchmarks, SECTION, section)
+        write_section(args.benchmarks, SECTION, section, args.markdown)
     return 0
 
 

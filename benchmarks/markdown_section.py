@@ -30,6 +30,14 @@ def replace_section(path: Path, name: str, body: str) -> None:
     os.replace(tmp, path)
 
 
+def write_section(benchmarks: Path, name: str, body: str, markdown: Path | None = None) -> None:
+    """Into section `name` of `benchmarks`; with `markdown`, that whole file instead (to read before publishing)."""
+    if markdown is not None:
+        markdown.write_text(body)
+    else:
+        replace_section(benchmarks, name, body)
+
+
 def add_output_arguments(parser: argparse.ArgumentParser, default: Path) -> None:
     """--out FILE (the section goes there) and --no-write (print it instead)."""
     parser.add_argument("--out", default=str(default))

@@ -79,16 +79,16 @@ def test_markdown_has_all_rows_and_benchmarks_untouched(quick_run):
         assert ours(after) == ours(benchmarks_before)
 
 
-def test_replace_section_keeps_other_text(tmp_path):
+def test_write_section_keeps_other_text(tmp_path):
     script = load_script()
     path = tmp_path / "BENCHMARKS.md"
     path.write_text("# Benchmarks\n\n## Speed\n\nspeed table\n")
-    script.replace_section(path, script.SECTION, "first version")
+    script.write_section(path, script.SECTION, "first version")
     text = path.read_text()
     assert text.startswith("# Benchmarks\n\n## Speed\n\nspeed table\n")
     assert f"{script.BEGIN}\nfirst version\n{script.END}" in text
     path.write_text(text + "\n## Later section\n\nkept\n")
-    script.replace_section(path, script.SECTION, "second version")
+    script.write_section(path, script.SECTION, "second version")
     text = path.read_text()
     assert "first version" not in text and text.count(script.BEGIN) == 1
     assert f"{script.BEGIN}\nsecond version\n{script.END}" in text
