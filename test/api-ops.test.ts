@@ -106,7 +106,7 @@ describe('ops routes', () => {
     const spec = await t.http().get('/openapi.yaml');
     assert.equal(spec.status, 200);
     assert.match(spec.headers['content-type'] ?? '', /yaml/);
-    assert.match(spec.text, /^openapi: 3\.0\.3/);
+    assert.match(spec.text, /^openapi: 3\.1\.0/);
     assert.match(spec.text, /\/v1\/jobs\/\{id\}\/artifact:/);
     const docs = await t.http().get('/docs/').redirects(2);
     assert.equal(docs.status, 200);
