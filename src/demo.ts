@@ -11,9 +11,8 @@
 //   DEMO_ADMIN_DATABASE_URL    a database to connect to for CREATE DATABASE (default postgres on 127.0.0.1)
 //   REDIS_URL                  (default redis://127.0.0.1:6379)
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { once } from 'node:events';
-import { createWriteStream, openAsBlob } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
 import { access, mkdir, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
@@ -22,9 +21,10 @@ import { promisify } from 'node:util';
 import pg from 'pg';
 import { z } from 'zod';
 import { deleteRedisPrefix } from './queue/redis-keys.js';
+import { ApiClient, type SseMessage } from './demo/client.js';
+import { formatCount, formatPlan, formatTable1, num, rec, type Json } from './demo/report-format.js';
 
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const TERMINAL = new Set(['succeeded', 'failed', 'canceled']);
 const execFileAsync = promisify(execFile);
 
 const DemoEnvSchema = z.object({
@@ -35,241 +35,6 @@ const DemoEnvSchema = z.object({
   REDIS_URL: z.string().default('redis://127.0.0.1:6379'),
 });
 type DemoEnv = z.infer<typeof DemoEnvSchema>;
-
-// ---------------------------------------------------------------- HTTP client helpers (also used by tests)
-
-export interface SseMessage {
-  event: string;
-  data: unknown;
-}
-
-/**
- * Reads a Server-Sent Events stream and yields its messages until the server ends it.
- * Comments (keep-alives) are skipped; `data:` lines of one message are joined and parsed as JSON.
- */
-export async function* readSse(body: ReadableStream<Uint8Array>): AsyncGenerator<SseMessage> {
-  const decoder = new TextDecoder();
-  let buffer = '';
-  let event = 'message';
-  let data: string[] = [];
-  for await (const chunk of body as unknown as AsyncIterable<Uint8Array>) {
-    buffer += decoder.decode(chunk, { stream: true });
-    let newline: number;
-    while ((newline = buffer.indexOf('\n')) >= 0) {
-      const line = buffer.slice(0, newline).replace(/\r$/, '');
-      buffer = buffer.slice(newline + 1);
-      if (line === '') {
-        if (data.length > 0) {
-          const text = data.join('\n');
-          let parsed: unknown = text;
-          try {
-            parsed = JSON.parse(text);
-          } catch {
-            // not JSON: hand the text over as it is
-          }
-          yield { event, data: parsed };
-        }
-        event = 'message';
-        data = [];
-      } else if (line.startsWith(':')) {
-        continue;
-      } else if (line.startsWith('event:')) {
-        event = line.slice(6).trim();
-      } else if (line.startsWith('data:')) {
-        data.push(line.slice(5).replace(/^ /, ''));
-      }
-    }
-  }
-}
-
-export class ApiClient {
-  constructor(
-    readonly baseUrl: string,
-    private readonly key: string,
-  ) {}
-
-  private headers(extra: Record<string, string> = {}): Record<string, string> {
-    return { authorization: `Bearer ${this.key}`, ...extra };
-  }
-
-  async request<T>(method: string, route: string, body?: unknown): Promise<T> {
-    const res = await fetch(`${this.baseUrl}${route}`, {
-      method,
-      headers: this.headers(body === undefined ? {} : { 'content-type': 'application/json' }),
-      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-    });
-    const text = await res.text();
-    if (!res.ok) throw new Error(`${method} ${route} → ${res.status}: ${text.slice(0, 500)}`);
-    return (text ? JSON.parse(text) : null) as T;
-  }
-
-  async uploadModel(file: string): Promise<{ id: string; name: string }> {
-    const form = new FormData();
-    form.set('file', await openAsBlob(file), path.basename(file));
-    const res = await fetch(`${this.baseUrl}/v1/models`, { method: 'POST', headers: this.headers(), body: form });
-    const text = await res.text();
-    if (!res.ok) throw new Error(`upload of ${file} → ${res.status}: ${text.slice(0, 500)}`);
-    return JSON.parse(text) as { id: string; name: string };
-  }
-
-  /** Follows GET /v1/jobs/:id/events until the terminal status; returns that status message's data. */
-  async followJob(jobId: string, onMessage: (message: SseMessage) => void): Promise<Record<string, unknown>> {
-    const res = await fetch(`${this.baseUrl}/v1/jobs/${jobId}/events`, { headers: this.headers({ accept: 'text/event-stream' }) });
-    if (!res.ok || !res.body) throw new Error(`GET /v1/jobs/${jobId}/events → ${res.status}: ${await res.text()}`);
-    let last: Record<string, unknown> | null = null;
-    for await (const message of readSse(res.body)) {
-      onMessage(message);
-      if (message.event === 'status' && typeof message.data === 'object' && message.data !== null) {
-        last = message.data as Record<string, unknown>;
-        if (TERMINAL.has(String(last.status))) break;
-      }
-    }
-    if (!last || !TERMINAL.has(String(last.status))) {
-      throw new Error(`the event stream of job ${jobId} ended before the job finished (last status ${String(last?.status)})`);
-    }
-    return last;
-  }
-
-  /** Streams the artifact to `file` and checks the bytes against the X-Content-SHA256 header. */
-  async downloadArtifact(jobId: string, file: string): Promise<{ sha256: string; bytes: number }> {
-    const res = await fetch(`${this.baseUrl}/v1/jobs/${jobId}/artifact`, { headers: this.headers() });
-    if (!res.ok || !res.body) throw new Error(`GET /v1/jobs/${jobId}/artifact → ${res.status}: ${await res.text()}`);
-    const announced = res.headers.get('x-content-sha256');
-    const hash = createHash('sha256');
-    let bytes = 0;
-    const out = createWriteStream(file);
-    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-      hash.update(chunk);
-      bytes += chunk.length;
-      if (!out.write(chunk)) await once(out, 'drain');
-    }
-    await new Promise<void>((resolve, reject) => out.end((err?: Error | null) => (err ? reject(err) : resolve())));
-    const sha256 = hash.digest('hex');
-    if (announced !== sha256) throw new Error(`artifact sha256 ${sha256} does not match the announced ${announced}`);
-    return { sha256, bytes };
-  }
-}
-
-// ---------------------------------------------------------------- report formatting (also used by tests)
-
-type Json = Record<string, unknown>;
-const rec = (v: unknown): Json => (typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Json) : {});
-const num = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);
-
-export function formatCount(n: number | null): string {
-  if (n === null) return '—';
-  if (n >= 1e9) return `${(n / 1e9).toFixed(2)} G`;
-  if (n >= 1e6) return `${(n / 1e6).toFixed(2)} M`;
-  if (n >= 1e3) return `${(n / 1e3).toFixed(1)} k`;
-  return String(n);
-}
-
-const pct = (v: number | null): string => (v === null ? '—' : `${(v * 100).toFixed(2)} %`);
-const fixed = (v: number | null, digits: number): string => (v === null ? '—' : v.toFixed(digits));
-const times = (before: number | null, after: number | null): string =>
-  before !== null && after !== null && after > 0 ? `${(before / after).toFixed(2)}×` : '—';
-
-function table(header: string[], rows: string[][]): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
-  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
-}
-
-/** One row per layer of the engine's plan: what it did and what it saved. */
-export function formatPlan(report: Json): string {
-  const layers = Array.isArray(report.layers) ? report.layers.map(rec) : [];
-  const rows = layers.map((l) => {
-    const params = rec(l.params);
-    const macs = rec(l.macs);
-    const ranks = Array.isArray(l.ranks) && l.ranks.length > 0 ? l.ranks.join('/') : '—';
-    const shape = Array.isArray(l.weightShape) ? l.weightShape.join('×') : '';
-    return [
-      String(l.name ?? '?'),
-      `${String(l.op ?? '')} ${shape}`.trim(),
-      String(l.kind ?? ''),
-      ranks,
-      `${formatCount(num(params.before))} → ${formatCount(num(params.after))}`,
-      `${formatCount(num(macs.before))} → ${formatCount(num(macs.after))}`,
-      l.relError === null || l.relError === undefined ? '—' : fixed(num(l.relError), 3),
-    ];
-  });
-  return table(['layer', 'op / weight', 'kind', 'ranks (out/in)', 'weights', 'MACs', '‖W−Ŵ‖/‖W‖'], rows);
-}
-
-/**
- * The paper's Table 1: original / compressed / compressed + fine-tuned × weights, MACs, top-1, latency,
- * energy. Weights and MACs come from the engine's plan, top-1 from its held-out evaluation, latency from
- * onnxruntime-node (median, interleaved), energy from the stated estimate model.
- */
-export function formatTable1(report: Json): string {
-  const totals = rec(report.totals);
-  const params = rec(totals.params);
-  const macs = rec(totals.macs);
-  const accuracy = rec(report.accuracy);
-  const m = rec(report.measurement);
-  const t1 = rec(m.table1);
-  const latency = rec(t1.latencyMs);
-  const energy = rec(t1.energyMillijoulesEstimate);
-  const finetuned = accuracy.finetuned !== null && accuracy.finetuned !== undefined;
-  const top1 = (which: string) => num(rec(accuracy[which]).top1);
-  // With calibration (engine/tuckerize/calibrate.py) the report holds the rewrite's top-1 without and with it.
-  const calibration = rec(rec(report.calibration).heldout);
-  const calibrated = Object.keys(calibration).length > 0;
-  const compressedRow = (label: string, value: number | null) =>
-    [label, formatCount(num(params.after)), formatCount(num(macs.after)), pct(value), fixed(num(latency.after), 3), fixed(num(energy.after), 4)];
-  const rows: string[][] = [
-    ['original', formatCount(num(params.before)), formatCount(num(macs.before)), pct(top1('original')), fixed(num(latency.before), 3), fixed(num(energy.before), 4)],
-    calibrated
-      ? compressedRow('compressed (rewrite only)', num(rec(calibration.withoutCalibration).top1))
-      : compressedRow('compressed', top1('compressed')),
-  ];
-  if (calibrated) rows.push(compressedRow('compressed + calibrated', top1('compressed')));
-  if (finetuned) {
-    rows.push(['compressed + fine-tuned', formatCount(num(params.after)), formatCount(num(macs.after)), pct(top1('finetuned')), fixed(num(latency.after), 3), fixed(num(energy.after), 4)]);
-  }
-  const finalTop1 = finetuned ? top1('finetuned') : top1('compressed');
-  const original = top1('original');
-  rows.push([
-    'ratio / change',
-    times(num(params.before), num(params.after)),
-    times(num(macs.before), num(macs.after)),
-    original !== null && finalTop1 !== null ? `${((finalTop1 - original) * 100).toFixed(2)} pt` : '—',
-    times(num(latency.before), num(latency.after)),
-    times(num(energy.before), num(energy.after)),
-  ]);
-  const lines = [table(['model', 'weights', 'MACs', 'top-1', 'latency ms', 'energy mJ (est.)'], rows)];
-  const runtime = rec(m.runtime);
-  if (Object.keys(runtime).length > 0) {
-    lines.push(
-      `latency: onnxruntime-node ${String(runtime.version ?? '')}, CPU (${String(runtime.cpu ?? '?')}), ` +
-        `${String(runtime.intraOpNumThreads ?? '?')} thread(s), batch 1, median of interleaved runs`,
-    );
-  }
-  const est = rec(rec(m.energy).original);
-  if (typeof est.statement === 'string') lines.push(`energy is an ESTIMATE, not a measurement: ${est.statement}`);
-  if (accuracy.samples !== undefined) {
-    lines.push(`top-1: ${String(accuracy.samples)} held-out images (${String(accuracy.split ?? 'held-out split')})`);
-  }
-  const kept = (Array.isArray(report.layers) ? report.layers : []).filter((l) => String(rec(l).reason ?? '').startsWith('layer selection'));
-  lines.push(
-    `method: ${String(report.method ?? 'improved')}` +
-      (kept.length > 0 ? `; ${kept.length} layer(s) kept by layer selection (small saving, large error)` : '') +
-      (calibrated ? `; calibrated on ${String(rec(report.calibration).samples)} training images (no labels)` : ''),
-  );
-  const search = rec(report.search);
-  if (typeof search.message === 'string') {
-    lines.push(`accuracy target (≤ ${String(search.maxAccuracyDrop)} points): ${search.met ? 'met' : 'NOT met'}: ${search.message}`);
-  }
-  const ft = rec(report.finetune);
-  if (num(ft.steps) !== null) {
-    lines.push(
-      `fine-tuning: ${String(ft.steps)} steps (${fixed(num(ft.epochs), 2)} epochs) in ${fixed(num(ft.wallSeconds), 1)} s, ` +
-        `${fixed(num(ft.imagesPerSecond), 0)} images/s`,
-    );
-  }
-  return lines.join('\n');
-}
-
 // ---------------------------------------------------------------- process orchestration
 
 async function freePort(): Promise<number> {

@@ -6,7 +6,8 @@ import { spawn } from 'node:child_process';
 import { access } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { formatPlan, formatTable1, readSse } from '../src/demo.js';
+import { readSse } from '../src/demo/client.js';
+import { formatPlan, formatTable1 } from '../src/demo/report-format.js';
 import { REPO_ROOT } from './worker-fixtures.js';
 
 function streamOf(text: string, pieces: number): ReadableStream<Uint8Array> {

@@ -11,7 +11,7 @@ import type { FastifyInstance } from 'fastify';
 import * as ort from 'onnxruntime-node';
 import { pino } from 'pino';
 import { buildApp } from '../src/api/app.js';
-import { ApiClient, readSse, type SseMessage } from '../src/demo.js';
+import { ApiClient, readSse, type SseMessage } from '../src/demo/client.js';
 import { processGroupAlive } from '../src/worker/engine.js';
 import { startWorker, type RunningWorker } from '../src/worker/runner.js';
 import { createTestEnv, createTestKey, type TestEnv } from './helpers/env.js';

@@ -18,7 +18,7 @@ import type { FastifyInstance } from 'fastify';
 import { Webhook as StandardWebhook } from 'standardwebhooks';
 import { buildApp } from '../src/api/app.js';
 import { loadConfig } from '../src/config.js';
-import { ApiClient } from '../src/demo.js';
+import { ApiClient } from '../src/demo/client.js';
 import { jobDirFor } from '../src/worker/stage-inputs.js';
 import { freePort } from './fault-support/ports.js';
 import { REPO_ROOT, spawnWorker, type ServiceProcess } from './fault-support/processes.js';
