@@ -3,7 +3,7 @@
 //   --quick        ResNet-18 at 64×64, few runs: exercises every part of the harness in a minute (used by the tests)
 //   --out FILE     where to write the markdown (default: BENCHMARKS.md, or .cache/bench/BENCHMARKS.quick.md with --quick)
 //   --threads N    intra-op threads for onnxruntime (default 2)
-//   --work-dir D   compressed models and plans (default .cache/bench/work)
+//   --work-dir D   compressed models and plans (default .cache/bench/models)
 //   --reuse        keep compressed models (and their compression time and memory) from an earlier run in the
 //                  work dir and measure again: for re-measuring on a quieter machine
 //   --python P     interpreter with torch and onnx (default /usr/bin/python3)
@@ -41,7 +41,7 @@ if (!Number.isInteger(threads) || threads < 1) throw new Error(`--threads must b
 const out = path.resolve(values.out ?? (quick ? path.join(repoRoot, '.cache/bench/BENCHMARKS.quick.md') : path.join(repoRoot, 'BENCHMARKS.md')));
 const json = path.resolve(values.json
   ?? (quick || values.out ? out.replace(/\.md$/, '') + '.json' : path.join(repoRoot, 'benchmarks', 'results.json')));
-const workDir = path.resolve(values['work-dir'] ?? path.join(repoRoot, '.cache/bench', quick ? 'work-quick' : 'work'));
+const workDir = path.resolve(values['work-dir'] ?? path.join(repoRoot, '.cache/bench', quick ? 'models-quick' : 'models'));
 
 const variants = (t: number): SessionExperiment[] => [
   { label: 'default (kept)', threads: t, graphOptimizationLevel: 'all', executionMode: 'sequential' },
