@@ -28,7 +28,7 @@ def test_unknown_codes_are_refused():
 
 
 def test_crashes_become_internal_error_without_their_message():
-    event = error_event(FileNotFoundError(2, "No such file", "/srv/tuckerize/jobs/42/work/x"))
+    event = error_event(FileNotFoundError(2, "No such file", "/srv/tuckerize/jobs/42/scratch/x"))
     assert event["code"] == "internal_error" and "FileNotFoundError" in event["detail"]
     assert "/srv" not in event["detail"]
 
