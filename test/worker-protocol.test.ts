@@ -150,7 +150,7 @@ describe('overallProgress', () => {
 describe('ProgressThrottle', () => {
   const p = (stage: string, done: number): JobProgress => ({ stage, done, total: 10, percent: done });
 
-  it('sends stage changes at once, coalesces bursts and delivers the last update', async () => {
+  it('sends stage changes at once, after the previous stage\'s last figure, coalesces bursts and delivers the last update', async () => {
     const sent: JobProgress[] = [];
     let clock = 1000;
     const throttle = new ProgressThrottle(
@@ -164,14 +164,14 @@ describe('ProgressThrottle', () => {
     throttle.push(p('analyze', 1));
     throttle.push(p('analyze', 2)); // within the interval: held
     throttle.push(p('analyze', 3)); // replaces the held one
-    throttle.push(p('plan', 1)); // stage change: sent now, held one dropped as stale
+    throttle.push(p('plan', 1)); // stage change: the held figure (the stage's last) goes first, then this
     clock += 300;
     throttle.push(p('plan', 2)); // interval passed: sent
     throttle.push(p('plan', 3)); // held
     await throttle.flush();
     assert.deepEqual(
       sent.map((x) => `${x.stage}:${x.done}`),
-      ['analyze:1', 'plan:1', 'plan:2', 'plan:3'],
+      ['analyze:1', 'analyze:3', 'plan:1', 'plan:2', 'plan:3'],
     );
   });
 

@@ -61,8 +61,9 @@ export interface ProgressSink {
 }
 
 /**
- * Forwards at most one update per `intervalMs`, except that a stage change is always forwarded at once
- * and the latest pending update is delivered after the interval (so the last step of a stage is never lost).
+ * Forwards at most one update per `intervalMs`, except that a stage change is always forwarded at once,
+ * after the previous stage's pending update, and the latest pending update is delivered after the interval
+ * (so the last step of a stage is never lost).
  * Writes are serialized: a slow database never sees two updates of one job racing.
  */
 export class ProgressThrottle {
@@ -81,6 +82,9 @@ export class ProgressThrottle {
 
   push(progress: JobProgress): void {
     const stageChanged = progress.stage !== this.lastStage;
+    // The previous stage's last figure goes out before the new stage's first: its final count (and the
+    // rate clients compute from it) would otherwise be lost whenever a stage ends within the interval.
+    if (stageChanged && this.pending) this.send(this.pending);
     if (stageChanged || this.now() - this.lastSentAt >= this.intervalMs) {
       this.send(progress);
       return;
