@@ -107,3 +107,36 @@ def test_a_rewrite_that_saves_no_macs_is_kept_with_the_reason():
     narrowing = plan.layer("narrowing")
     assert narrowing.kind == "svd" and narrowing.macs_after < narrowing.macs_before
     assert plan.totals["macs"]["after"] == plan.totals["macs"]["before"] - (narrowing.macs_before - narrowing.macs_after)
+
+
+def _low_rank_chain(rng, channels=(64, 96, 96, 128), ranks=((21, 27), (40, 29), (43, 37)), size: int = 8):
+    """Three 3×3 convs whose kernels have multilinear ranks between multiples of 16, as trained nets do."""
+    from onnx_builders import low_rank_kernel
+    nodes, inits, x = [], [], "input"
+    for i, (S, T, (r_out, r_in)) in enumerate(zip(channels, channels[1:], ranks)):
+        w = low_rank_kernel(rng, T, S, 3, 3, r_out, r_in) + 0.02 * rng.standard_normal((T, S, 3, 3))
+        inits.append(numpy_helper.from_array((w / np.sqrt(9 * S)).astype(np.float32), f"w{i}"))
+        nodes += [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        x = f"r{i}"
+    nodes[-1] = helper.make_node("Relu", [f"c{len(ranks) - 1}"], ["output"], name="relu_out")
+    return make_model(nodes, [value("input", [1, channels[0], size, size], np.float32)],
+                      [value("output", None, np.float32)], inits)
+
+
+def test_vbmf_ranks_are_aligned_within_the_unrounded_plans_macs():
+    model = _low_rank_chain(np.random.default_rng(5))
+    unrounded = make_plan(model, rule="vbmf", method="improved", target={"block": 1})
+    aligned = make_plan(model, rule="vbmf", method="improved", target="avx512")
+    rounded_up = make_plan(model, rule="vbmf", method="paper", target="avx512")
+    assert [e.ranks for e in unrounded.rewritten()] and all(
+        r % 16 for e in unrounded.rewritten() for r in e.ranks), "EVBMF's ranks fall between multiples"
+    assert aligned.options["alignment"] == "within EVBMF's MACs" and aligned.options["roundTo"] == 16
+    for entry in aligned.rewritten():
+        assert all(r % 16 == 0 for r in entry.ranks), (entry.name, entry.ranks)
+    # Compression kept: no more MACs than EVBMF's own ranks, where rounding every rank up gives some back.
+    assert aligned.totals["macs"]["after"] <= unrounded.totals["macs"]["after"]
+    assert rounded_up.totals["macs"]["after"] > unrounded.totals["macs"]["after"]
+    # Each mode lands on a multiple next to its EVBMF rank, never further.
+    for a, u in zip(aligned.rewritten(), unrounded.rewritten()):
+        assert all(abs(ra - ru) < 16 for ra, ru in zip(a.ranks, u.ranks)), (a.name, a.ranks, u.ranks)

@@ -515,6 +515,15 @@ def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = Non
                 kept = _base_entry(layers[index], candidates[index].bias_params)
                 kept.evbmf, kept.reason = entry.evbmf, slow_layer_reason(table.layers[entry.name])
                 entries[index] = kept
+    elif rule == "vbmf" and improved and relax_rounding and round_to:
+        # EVBMF's ranks aligned to the target's block without giving up compression: the unrounded plan's
+        # MACs are the budget the aligned ranks must stay within (align_within_macs).
+        entries = [_base_entry(layer, _bias_params(layer, constants)) if candidate is None
+                   else _plan_layer(candidate, rule, ratio, strength, None, force, floor)
+                   for layer, candidate in zip(layers, candidates)]
+        entries = select_layers(entries, candidates, constants, metrics)
+        entries = align_within_macs(entries, candidates, round_to, force)
+        options["alignment"] = "within EVBMF's MACs"
     else:
         entries = []
         for layer, candidate in zip(layers, candidates):
@@ -626,6 +635,53 @@ def rewrite_error(candidate: _Candidate, constants: dict, kind: str, ranks: Sequ
         return float(tucker1(weight, ranks[0]).rel_error)
     matrix = unfoldings("svd", weight, candidate.layer)["matrix"]
     return float(svd_factors(matrix.contiguous(), ranks[0]).rel_error)
+
+
+def align_within_macs(entries: list[LayerPlan], candidates: list[Optional[_Candidate]], multiple: int,
+                      force: bool) -> list[LayerPlan]:
+    """Round the rewritten layers' ranks to `multiple` while the model's MACs stay within the unrounded plan's.
+
+    Rounding every rank up (round_rank) keeps each layer's error at or below the rule's but gives back much
+    of the compression on narrow networks (fmnist-vgg under EVBMF: 4.96x fewer MACs unrounded, 3.39x
+    rounded up to 16). Here every mode starts at the multiple at or below its rank (never below one
+    multiple; a mode narrower than the multiple keeps its rank, as in round_rank), then modes are rounded
+    up, the nearest to the next multiple first, as long as the total stays within the unrounded MACs.
+    A layer whose aligned rewrite no longer shrinks it is kept (_decide).
+    """
+    budget = sum(e.macs_after or 0 for e in entries)
+    ranks: dict[int, list[int]] = {}
+    upgrades = []
+    for index, (entry, candidate) in enumerate(zip(entries, candidates)):
+        if entry.kind == "keep" or candidate is None:
+            continue
+        aligned = []
+        for mode, (r, bound) in enumerate(zip(entry.ranks, candidate.bounds)):
+            up = round_rank(r, multiple, bound)
+            down = r if bound < multiple else max(multiple, min(up, (r // multiple) * multiple))
+            aligned.append(down)
+            if up > down:
+                upgrades.append(((r - down) / (up - down), index, mode, up))
+        ranks[index] = aligned
+
+    def macs_of(index: int, layer_ranks: list[int]) -> int:
+        candidate = candidates[index]
+        return layer_costs(candidate.layer, candidate.kind, layer_ranks, candidate.bias_params)[1] or 0
+
+    total = sum(macs_of(i, r) if i in ranks else (e.macs_after or 0) for i, (e, r) in
+                enumerate(zip(entries, [ranks.get(i) for i in range(len(entries))])))
+    for _, index, mode, up in sorted(upgrades, key=lambda u: (-u[0], u[1], u[2])):
+        trial = list(ranks[index])
+        trial[mode] = up
+        extra = macs_of(index, trial) - macs_of(index, ranks[index])
+        if total + extra <= budget:
+            ranks[index], total = trial, total + extra
+    result = list(entries)
+    for index, layer_ranks in ranks.items():
+        entry = entries[index]
+        fresh = _base_entry(candidates[index].layer, candidates[index].bias_params)
+        fresh.evbmf = entry.evbmf
+        result[index] = _decide(candidates[index], fresh, layer_ranks, force)
+    return result
 
 
 def select_layers(entries: list[LayerPlan], candidates: list[Optional[_Candidate]], constants: dict,
