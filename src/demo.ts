@@ -8,6 +8,8 @@
 //   DEMO_QUICK=1               200 fine-tuning steps of 32 images instead of one epoch (what the tests run)
 //   DEMO_MODEL=fmnist-resnet   the other reference net (default fmnist-vgg)
 //   DEMO_STEPS=N               fine-tuning steps (overrides the two above)
+//   DEMO_EVAL_IMAGES=N         test images the demo itself scores both models on (default all 10,000;
+//                              1,000 with DEMO_QUICK)
 //   DEMO_ADMIN_DATABASE_URL    a database to connect to for CREATE DATABASE (default postgres on 127.0.0.1)
 //   REDIS_URL                  (default redis://127.0.0.1:6379)
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
@@ -22,6 +24,7 @@ import pg from 'pg';
 import { z } from 'zod';
 import { deleteRedisPrefix } from './queue/redis-keys.js';
 import { ApiClient, type SseMessage } from './demo/client.js';
+import { evaluateTop1, readTestSplit } from './demo/evaluate.js';
 import { formatCount, formatPlan, formatTable1, num, rec, type Json } from './demo/report-format.js';
 
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -31,6 +34,7 @@ const DemoEnvSchema = z.object({
   DEMO_QUICK: z.enum(['0', '1', '']).default(''),
   DEMO_MODEL: z.enum(['fmnist-vgg', 'fmnist-resnet']).default('fmnist-vgg'),
   DEMO_STEPS: z.coerce.number().int().positive().optional(),
+  DEMO_EVAL_IMAGES: z.coerce.number().int().positive().optional(),
   DEMO_ADMIN_DATABASE_URL: z.string().default('postgresql://postgres@127.0.0.1:5432/postgres'),
   REDIS_URL: z.string().default('redis://127.0.0.1:6379'),
 });
@@ -119,7 +123,7 @@ async function exists(file: string): Promise<boolean> {
 }
 
 /** The reference net, or — before the fine-tuning helper has trained it — a zoo export without fine-tuning. */
-async function chooseModel(env: DemoEnv, rawEnv: NodeJS.ProcessEnv, dataDir: string): Promise<{ file: string; job: Json; note: string }> {
+async function chooseModel(env: DemoEnv, rawEnv: NodeJS.ProcessEnv, dataDir: string): Promise<{ file: string; job: Json; note: string; fashionMnist: boolean }> {
   const reference = path.join(REPO_ROOT, 'assets', 'models', `${env.DEMO_MODEL}.onnx`);
   // Quick: 200 steps of 32 images (a tenth of an epoch) — enough to show the recovery, short enough for CI.
   const quick = env.DEMO_QUICK === '1';
@@ -138,6 +142,7 @@ async function chooseModel(env: DemoEnv, rawEnv: NodeJS.ProcessEnv, dataDir: str
         },
       },
       note: `${env.DEMO_MODEL} (trained reference net), EVBMF ranks, fine-tuning ${steps ? `${steps} steps` : '1 epoch'} on Fashion-MNIST`,
+      fashionMnist: true,
     };
   }
   const file = path.join(dataDir, 'resnet18-64.onnx');
@@ -150,6 +155,7 @@ async function chooseModel(env: DemoEnv, rawEnv: NodeJS.ProcessEnv, dataDir: str
     file,
     job: { options: { rule: 'vbmf' } },
     note: `assets/models/${env.DEMO_MODEL}.onnx is missing: torchvision resnet18 (random weights, 64×64), EVBMF ranks, no fine-tuning`,
+    fashionMnist: false,
   };
 }
 
@@ -237,8 +243,22 @@ export async function runDemo(rawEnv: NodeJS.ProcessEnv, print: (line: string) =
     const artifact = await client.downloadArtifact(job.id, artifactFile);
     print(`artifact: ${path.relative(REPO_ROOT, artifactFile)}, ${formatCount(artifact.bytes)}B, sha256 ${artifact.sha256} (matches X-Content-SHA256)`);
 
+    if (choice.fashionMnist) {
+      // The client's own check: both models scored here with onnxruntime-node, not by the engine.
+      const split = await readTestSplit(undefined, env.DEMO_EVAL_IMAGES ?? (env.DEMO_QUICK === '1' ? 1000 : undefined));
+      const original = await evaluateTop1(choice.file, split);
+      const compressed = await evaluateTop1(artifactFile, split);
+      const delta = (100 * (compressed.top1 - original.top1)).toFixed(2);
+      print(
+        `top-1 on ${split.count.toLocaleString('en-US')} Fashion-MNIST test images, measured by this client with onnxruntime-node: ` +
+          `original ${(100 * original.top1).toFixed(2)} %, compressed ${(100 * compressed.top1).toFixed(2)} % (${delta} points)`,
+      );
+    }
+
     const report = await client.request<Json>('GET', `/v1/jobs/${job.id}/report`);
     await writeFile(path.join(dataDir, 'report.json'), JSON.stringify(report, null, 2));
+    const page = path.join(dataDir, 'report.html');
+    await writeFile(page, await client.text(`/v1/jobs/${job.id}/report.html`));
     print('');
     print('Per-layer plan');
     print(formatPlan(report));
@@ -247,6 +267,7 @@ export async function runDemo(rawEnv: NodeJS.ProcessEnv, print: (line: string) =
     print(formatTable1(report));
     print('');
     print(`full report: ${path.relative(REPO_ROOT, path.join(dataDir, 'report.json'))}`);
+    print(`report page: ${baseUrl}/v1/jobs/${job.id}/report.html while the service runs (same API key); saved to ${path.relative(REPO_ROOT, page)}`);
     return 0;
   } finally {
     await stopService(worker);

@@ -3,10 +3,12 @@
 // Also checks the demo's own parsing and formatting on a report shaped like the engine's.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { access } from 'node:fs/promises';
+import { access, readFile } from 'node:fs/promises';
+import { gzipSync } from 'node:zlib';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { readSse } from '../src/demo/client.js';
+import { parseIdx } from '../src/demo/evaluate.js';
 import { formatPlan, formatTable1 } from '../src/demo/report-format.js';
 import { REPO_ROOT } from './worker-fixtures.js';
 
@@ -67,6 +69,19 @@ describe('demo client pieces', () => {
   });
 });
 
+describe('demo test-split reader', () => {
+  it('reads gzip and plain IDX files and names what is wrong with a bad one', () => {
+    const idx = Buffer.from([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3, 4, 5, 6]);
+    for (const raw of [idx, gzipSync(idx)]) {
+      const { dims, data } = parseIdx(raw, 'x');
+      assert.deepEqual(dims, [2, 3]);
+      assert.deepEqual([...data], [1, 2, 3, 4, 5, 6]);
+    }
+    assert.throws(() => parseIdx(idx.subarray(0, 15), 'short'), /short declares dims 2×3 but holds 3 bytes/);
+    assert.throws(() => parseIdx(Buffer.from([0, 0, 0x0d, 1]), 'floats'), /floats is not an unsigned-byte IDX file/);
+  });
+});
+
 describe('make demo (DEMO_QUICK=1)', () => {
   it('runs a job through the real API and worker and prints Table 1', async () => {
     await access(path.join(REPO_ROOT, 'assets', 'models', 'fmnist-vgg.onnx'));
@@ -87,6 +102,12 @@ describe('make demo (DEMO_QUICK=1)', () => {
     assert.match(out, /Per-layer plan\nlayer/);
     assert.match(out, /compressed \+ fine-tuned\s+\S+ [kM]\s+\S+ [kMG]\s+\d+\.\d\d %/, 'a measured top-1 after fine-tuning');
     assert.match(out, /ratio \/ change\s+\d+\.\d\d×\s+\d+\.\d\d×/);
+    // The client's own onnxruntime-node check of both models, and the report page saved beside the JSON.
+    const scored = /top-1 on 1,000 Fashion-MNIST test images, measured by this client with onnxruntime-node: original (\d+\.\d\d) %, compressed (\d+\.\d\d) %/.exec(out);
+    assert.ok(scored, out);
+    assert.ok(Number(scored[1]) > 85, `the trained reference net scores ${scored[1]} % in onnxruntime-node`);
+    assert.match(out, /report page: http:\/\/127\.0\.0\.1:\d+\/v1\/jobs\/[\w-]+\/report\.html/);
+    assert.match(await readFile(path.join(REPO_ROOT, '.data', 'demo', 'report.html'), 'utf8'), /<svg/);
   });
 });
 

@@ -71,6 +71,14 @@ export class ApiClient {
     return (text ? JSON.parse(text) : null) as T;
   }
 
+  /** A GET whose body is not JSON (the report page). */
+  async text(route: string): Promise<string> {
+    const res = await fetch(`${this.baseUrl}${route}`, { headers: this.headers() });
+    const text = await res.text();
+    if (!res.ok) throw new Error(`GET ${route} → ${res.status}: ${text.slice(0, 500)}`);
+    return text;
+  }
+
   async uploadModel(file: string): Promise<{ id: string; name: string }> {
     const form = new FormData();
     form.set('file', await openAsBlob(file), path.basename(file));
