@@ -42,7 +42,13 @@ test('the quick bench compresses with the budget rule and measures the result', 
 
 test('the quick bench compares rules, session options and profiles layers', () => {
   assert.deepEqual(results.rules?.results.map((r) => r.benchCase.rule), ['vbmf', 'budget', 'latency']);
-  for (const r of results.rules!.results) assert.ok(r.measurement !== null || (r.error ?? '').length > 0);
+  for (const r of results.rules!.results) assert.ok(r.measurement !== null, `${r.benchCase.rule}: ${r.error ?? ''}`);
+  // The latency rule ran the worker's loop (candidates timed in onnxruntime-node) before compressing.
+  const latency = results.rules!.results[2]!.compression.latency;
+  assert.ok(latency && latency.rounds.length >= 1 && latency.targetLatency === 0.5, JSON.stringify(latency));
+  assert.ok(latency.rounds.every((round) => round.timedLayers > 0 && round.predictedRatio !== null));
+  assert.match(results.rules!.results[2]!.compression.command, /--rule latency --target-macs 0\.\d+ --latency-table \S+latency-table\.json/);
+  assert.match(markdown, /The latency row went through the worker's own loop \(planForLatency/);
   assert.equal(results.experiments?.results.length, 2);
   for (const e of results.experiments!.results) assert.ok(e.measurement, e.error ?? '');
   const profile = results.profile?.profile;

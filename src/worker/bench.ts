@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { runEngine, runEngineCommand, type EngineSettings } from './engine.js';
+import { planForLatency, type LatencyPlanResult } from './latency.js';
 import { profileLayers, type LayerProfile } from './profile.js';
 import {
   verifyAndMeasure, type ExecutionMode, type GraphOptimizationLevel, type MeasurementReport,
@@ -25,6 +26,8 @@ export interface BenchCase {
   rule: 'vbmf' | 'budget' | 'latency';
   /** MACs reduction asked of the budget rule (target-macs = 1 / this) */
   targetMacsReduction?: number;
+  /** the latency rule's compressed/original latency target (targetLatency of a job) */
+  targetLatency?: number;
   paper?: PaperSpeedup;
 }
 
@@ -62,6 +65,8 @@ export interface CompressionRun {
   message: string;
   /** taken from an earlier run in the same work dir (--reuse): time and memory are that run's */
   reused?: boolean;
+  /** rule latency: the worker's timing loop (the same planForLatency a job runs) before the compression */
+  latency?: LatencyPlanResult & { seconds: number };
   output: string;
   plan: string;
 }
@@ -120,7 +125,12 @@ export async function exportZooModel(settings: BenchSettings, name: string, inpu
   return lines[lines.length - 1]!;
 }
 
-function ruleArgs(c: BenchCase): string[] {
+function ruleArgs(c: BenchCase, latency?: LatencyPlanResult): string[] {
+  if (c.rule === 'latency') {
+    if (!latency) throw new RangeError(`case ${c.model}: the latency rule needs the worker's timing loop first`);
+    return ['--rule', 'latency', '--target-macs', String(latency.targetMacs), '--latency-table', latency.latencyTable,
+      '--target-latency', String(latency.targetLatency)];
+  }
   if (c.rule === 'budget') {
     if (!c.targetMacsReduction) throw new RangeError(`case ${c.model}: the budget rule needs targetMacsReduction`);
     return ['--rule', 'budget', '--target-macs', (1 / c.targetMacsReduction).toFixed(6)];
@@ -129,7 +139,8 @@ function ruleArgs(c: BenchCase): string[] {
 }
 
 export function caseLabel(c: BenchCase): string {
-  return `${c.model}-${c.inputSize}-${c.rule}${c.targetMacsReduction ? `-${c.targetMacsReduction}x` : ''}`;
+  return `${c.model}-${c.inputSize}-${c.rule}${c.targetMacsReduction ? `-${c.targetMacsReduction}x` : ''}`
+    + (c.targetLatency ? `-t${c.targetLatency}` : '');
 }
 
 export async function compressWithEngine(settings: BenchSettings, input: string, c: BenchCase): Promise<CompressionRun> {
@@ -138,20 +149,38 @@ export async function compressWithEngine(settings: BenchSettings, input: string,
   const plan = path.join(settings.workDir, `${label}.plan.json`);
   const timing = path.join(settings.workDir, `${label}.rss.json`);
   const summary = path.join(settings.workDir, `${label}.summary.txt`);
-  const command = `python3 -m tuckerize compress ${path.basename(input)} -o ${path.basename(output)} ${ruleArgs(c).join(' ')}`;
   const readTiming = async () => JSON.parse(await readFile(timing, 'utf8')) as {
     exitCode: number; wallSeconds: number; peakRssBytes: number;
   };
+  const latencyFile = path.join(settings.workDir, `${label}.latency.json`);
   if (settings.reuseCompressed) {
     const previous = await readTiming().catch(() => null);
-    if (previous && previous.exitCode === 0 && await exists(output)) {
+    const latency = c.rule === 'latency'
+      ? JSON.parse(await readFile(latencyFile, 'utf8').catch(() => 'null')) as CompressionRun['latency'] | null : undefined;
+    if (previous && previous.exitCode === 0 && await exists(output) && latency !== null) {
       const message = await readFile(summary, 'utf8').catch(() => '(compressed by an earlier run)');
-      return { command, ...previous, message, output, plan, reused: true };
+      const command = `python3 -m tuckerize compress ${path.basename(input)} -o ${path.basename(output)} ${ruleArgs(c, latency).join(' ')}`;
+      return { command, ...previous, message, output, plan, reused: true, ...(latency ? { latency } : {}) };
     }
   }
+  let latency: CompressionRun['latency'];
+  if (c.rule === 'latency') {
+    // The same loop a rule=latency job runs in the worker: the engine writes per-layer candidates,
+    // onnxruntime-node times them, the engine predicts; targetMacs moves until the prediction meets the target.
+    if (!c.targetLatency) throw new RangeError(`case ${c.model}: the latency rule needs targetLatency`);
+    const started = performance.now();
+    const result = await planForLatency({
+      engine: engine(settings), modelPath: input, workDir: path.join(settings.workDir, `${label}.latency`),
+      targetLatency: c.targetLatency, threads: settings.threads, runs: settings.runs, warmup: settings.warmup,
+      seed: settings.seed,
+    });
+    latency = { ...result, seconds: (performance.now() - started) / 1000 };
+    await writeFile(latencyFile, JSON.stringify(latency, null, 2));
+  }
+  const command = `python3 -m tuckerize compress ${path.basename(input)} -o ${path.basename(output)} ${ruleArgs(c, latency).join(' ')}`;
   const wrapper = path.join(settings.repoRoot, 'benchmarks', 'peak_rss.py');
   const exit = await runEngine(engine(settings), {
-    args: ['compress', input, '-o', output, '--plan-out', plan, ...ruleArgs(c)],
+    args: ['compress', input, '-o', output, '--plan-out', plan, ...ruleArgs(c, latency)],
     // peak_rss.py runs the engine and records its wall time and peak resident memory.
     wrap: (command) => [settings.python, wrapper, timing, '--', ...command],
     collectStdout: 1024 * 1024,
@@ -160,7 +189,7 @@ export async function compressWithEngine(settings: BenchSettings, input: string,
   const message = (said.trim().split('\n').pop() ?? '').replaceAll(settings.workDir + path.sep, '');
   await writeFile(summary, message);
   const measured = await readTiming().catch(() => ({ exitCode: -1, wallSeconds: 0, peakRssBytes: 0 }));
-  return { command, ...measured, message, output, plan };
+  return { command, ...measured, message, output, plan, ...(latency ? { latency } : {}) };
 }
 
 const exists = (p: string) => access(p).then(() => true, () => false);
@@ -243,7 +272,12 @@ export async function runBenchmarks(settings: BenchSettings, plan: BenchPlan): P
     const ref = plan.rules;
     const results: CaseResult[] = [];
     for (const rule of ['vbmf', 'budget', 'latency'] as const) {
-      const c: BenchCase = { model: ref.model, inputSize: ref.inputSize, rule, ...(rule === 'budget' ? { targetMacsReduction: ref.targetMacsReduction } : {}) };
+      // The latency rule is asked for the time the budget rule's MACs would promise if time followed MACs.
+      const c: BenchCase = {
+        model: ref.model, inputSize: ref.inputSize, rule,
+        ...(rule === 'budget' ? { targetMacsReduction: ref.targetMacsReduction } : {}),
+        ...(rule === 'latency' ? { targetLatency: Number((1 / ref.targetMacsReduction).toFixed(4)) } : {}),
+      };
       results.push((rule === 'budget' && findBudget(ref)) || await runCase(settings, c));
     }
     rules = { model: ref.model, inputSize: ref.inputSize, results };
