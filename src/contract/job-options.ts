@@ -72,7 +72,8 @@ const clientFields = {
     ])
     .optional()
     .describe('deployment CPU whose ONNX Runtime channel block (avx512: 16, avx2: 8, generic: 4) every rank is '
-      + 'rounded to; default host (the machine that compresses); {"block": N} for an explicit multiple, 1 = no rounding'),
+      + 'rounded to; default host (the machine that compresses); {"block": N} for an explicit multiple, 1 = no rounding. '
+      + 'Under rule vbmf the aligned ranks stay within the MACs of EVBMF\'s own ranks; the other rules round up'),
   force: z.boolean().optional().describe('decompose layers even when it does not pay off'),
   inputShape: z
     .tuple([
