@@ -248,3 +248,78 @@ def test_layers_timed_alone_above_the_model_time_leave_no_remainder(cnn):
     latency = make_plan(cnn, rule="latency", latency_table=table).totals["latency"]
     assert latency["predictedRatio"] == pytest.approx(2.0 / 6.0)
     assert latency["originalMs"] == 5.0 and latency["predictedMs"] == pytest.approx(5.0 / 3.0)
+
+
+def _with_alternatives(table: dict, name: str, alternatives: list[dict], rel_error: float) -> dict:
+    table["layers"][name] |= {"relError": rel_error, "alternatives": alternatives}
+    return table
+
+
+def _structures(plan, name: str) -> dict:
+    """conv2's Tucker-1 structures at no more MACs than its Tucker-2 chain, as candidates.py sizes them."""
+    from tuckerize.plan import alternative_structures
+    return {e.kind: e for e in alternative_structures(_cnn_model, plan.layer(name))}
+
+
+_cnn_model = tiny_cnn(np.random.default_rng(4), size=16)
+
+
+def test_the_clock_picks_a_faster_tucker1_structure_within_the_error_slack():
+    base = make_plan(_cnn_model, rule="vbmf")
+    conv2 = base.layer("conv2")
+    structures = _structures(base, "conv2")
+    assert set(structures) == {"tucker1in", "tucker1"}
+    assert all(s.macs_after <= conv2.macs_after for s in structures.values()), "no more MACs than Tucker-2"
+    t1in = structures["tucker1in"]
+    alt = [{"kind": "tucker1in", "ranks": t1in.ranks, "replMs": 0.40, "relError": 0.11,
+            "macs": {"after": t1in.macs_after}},
+           {"kind": "tucker1", "ranks": structures["tucker1"].ranks, "replMs": 0.45, "relError": 0.10,
+            "macs": {"after": structures["tucker1"].macs_after}}]
+    table = _with_alternatives(_table({"conv2": (1.0, 0.5), "pw": (0.5, 0.25)}, plan=base), "conv2", alt, 0.10)
+    plan = make_plan(_cnn_model, rule="latency", latency_table=table)
+    chosen = plan.layer("conv2")
+    assert (chosen.kind, chosen.ranks) == ("tucker1in", t1in.ranks)
+    assert chosen.macs_after == t1in.macs_after and chosen.params_after == t1in.params_after
+    assert chosen.reason == (f"structure chosen by the clock: tucker1in at ranks {t1in.ranks} ran in 0.4 ms against "
+                             f"tucker2 at {conv2.ranks} in 0.5 ms (original 1 ms), weight error 0.110 against 0.100")
+    latency = plan.totals["latency"]
+    assert latency["structures"] == ["conv2"] and latency["keptSlow"] == []
+    assert "conv2" not in latency["rescaled"], "the chosen structure's own time is used"
+    # Too much error for the time (slack 1.25×), or not 5 % faster: Tucker-2 stays.
+    for replMs, rel_error in ((0.40, 0.13), (0.48, 0.10)):
+        alt[0] |= {"replMs": replMs, "relError": rel_error}
+        alt[1] |= {"replMs": 0.49, "relError": 0.5}
+        table = _with_alternatives(_table({"conv2": (1.0, 0.5)}, plan=base), "conv2", alt, 0.10)
+        assert make_plan(_cnn_model, rule="latency", latency_table=table).layer("conv2").kind == "tucker2"
+
+
+def test_a_structure_chosen_by_the_clock_is_fixed_while_the_budget_rebalances():
+    budget = make_plan(_cnn_model, rule="budget", target_macs=0.5)
+    conv2 = budget.layer("conv2")
+    assert conv2.kind == "tucker2"
+    t1 = _structures(budget, "conv2")["tucker1"]
+    alt = [{"kind": "tucker1", "ranks": t1.ranks, "replMs": 0.3, "relError": None, "macs": {"after": t1.macs_after}}]
+    times = {e.name: (1.0, 0.5) for e in budget.rewritten()}
+    table = _with_alternatives(_table(times, plan=budget), "conv2", alt, 0.2)
+    plan = make_plan(_cnn_model, rule="latency", latency_table=table, target_macs=0.5)
+    assert (plan.layer("conv2").kind, plan.layer("conv2").ranks) == ("tucker1", t1.ranks)
+    assert plan.totals["macs"]["ratio"] == pytest.approx(0.5, rel=0.02)
+    assert plan.totals["latency"]["structures"] == ["conv2"]
+
+
+def test_candidates_time_tucker1_structures_beside_tucker2(tmp_path, run_ort):
+    plan = make_plan(_cnn_model, rule="vbmf")
+    manifest = write_candidates(_cnn_model, plan, str(tmp_path))
+    by_name = {l["name"]: l for l in manifest["layers"]}
+    assert [a["kind"] for a in by_name["conv2"]["alternatives"]] == ["tucker1in", "tucker1"]
+    assert all(not l["alternatives"] for n, l in by_name.items() if l["kind"] != "tucker2")
+    conv2 = by_name["conv2"]
+    x = np.random.default_rng(1).standard_normal(conv2["inputShape"]).astype(np.float32)
+    (y,) = run_ort(tmp_path / conv2["orig"], {conv2["inputName"]: x})
+    for alternative in conv2["alternatives"]:
+        assert alternative["macs"]["after"] <= conv2["macs"]["after"]
+        model = onnx.load(tmp_path / alternative["repl"])
+        assert len(model.graph.node) == 2
+        (y_alt,) = run_ort(tmp_path / alternative["repl"], {conv2["inputName"]: x})
+        # The replacement approximates the layer with the error the engine reported for the weights.
+        assert y_alt.shape == y.shape and 0 <= alternative["relError"] < 1

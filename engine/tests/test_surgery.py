@@ -14,7 +14,7 @@ from onnx_builders import (conv_model, gemm_model, low_rank_kernel, make_model, 
 from tuckerize.errors import EngineInputError
 from tuckerize.interpret import OnnxModule
 from tuckerize.onnx_graph import find_layers, load_model
-from tuckerize.plan import make_plan
+from tuckerize.plan import layer_costs, make_plan
 from tuckerize.surgery import apply_plan, rewrite
 
 
@@ -286,3 +286,29 @@ def test_zoo_full_rank_rewrite_of_every_layer_is_exact_in_float64(name, zoo_path
     before, after = _run(model, x).numpy(), _run(exact, x).numpy()
     assert np.abs(before).max() > 1e-3, "outputs must not vanish, or the comparison proves nothing"
     np.testing.assert_allclose(after, before, rtol=0, atol=1e-10 * max(1.0, np.abs(before).max()))
+
+
+@pytest.mark.parametrize("shape,hw,attrs", [CONV_GRID[1], CONV_GRID[2], CONV_GRID[3], CONV_GRID[6]])
+def test_tucker1in_reproduces_a_kernel_of_low_input_rank_and_its_costs(shape, hw, attrs):
+    """1×1 (S→r_in) then the k×k core with the layer's geometry and bias: exact when the input mode has rank r_in."""
+    T, S, kh, kw = shape
+    r_in = max(1, S // 2)
+    rng = np.random.default_rng(T * S + kh)
+    U = np.linalg.qr(rng.standard_normal((S, r_in)))[0]
+    weight = np.einsum("tihw,si->tshw", rng.standard_normal((T, r_in, kh, kw)), U)
+    model = conv_model(weight, hw, rng.standard_normal(T), **attrs)
+    plan = _full_rank(model)
+    (entry,) = plan.layers
+    layer = find_layers(model)[0]
+    entry.kind, entry.ranks = "tucker1in", [r_in]
+    entry.params_after, entry.macs_after = layer_costs(layer, "tucker1in", [r_in], T)
+    result = rewrite(model, plan)
+    assert result.rel_errors[entry.name] < 1e-12
+    assert [n.name for n in result.model.graph.node] == ["conv__tucker1in_first", "conv__tucker1in_core"]
+    x = rng.standard_normal((2, S, *hw))
+    np.testing.assert_allclose(_run(result.model, x).numpy(), _run(model, x).numpy(), rtol=0, atol=1e-9)
+    # The cost model counts what the graph holds.
+    params = sum(int(np.prod(t.dims)) for t in result.model.graph.initializer)
+    assert params == entry.params_after
+    out_hw = int(np.prod(_run(model, x).shape[2:]))
+    assert entry.macs_after == hw[0] * hw[1] * S * r_in + out_hw * T * r_in * kh * kw

@@ -71,6 +71,7 @@ def find_targets(original: onnx.ModelProto, compressed: onnx.ModelProto, layer_n
     original_tensors = {name for node in original.graph.node for name in node.output}
     producer = {out: (index, node) for index, node in enumerate(compressed.graph.node) for out in node.output}
     initializers = {init.name for init in compressed.graph.initializer}
+    kernel_of = {init.name: tuple(init.dims[2:]) for init in compressed.graph.initializer if len(init.dims) == 4}
     readers: dict[str, int] = {}
     for node in compressed.graph.node:
         for name in node.input:
@@ -87,6 +88,8 @@ def find_targets(original: onnx.ModelProto, compressed: onnx.ModelProto, layer_n
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         if node.op_type not in ("Conv", "Gemm", "MatMul") or weight not in initializers:
             continue  # not a factor chain this module knows how to refit
+        if node.op_type == "Conv" and any(k != 1 for k in kernel_of.get(weight, ())):
+            continue  # a chain ending in its k×k core (tucker1in): the linear refit covers 1×1 factors only
         # A weight or bias read by another node too cannot change for this layer alone.
         if readers.get(weight, 0) > 1:
             continue

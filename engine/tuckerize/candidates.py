@@ -3,6 +3,9 @@
 For every layer a plan would rewrite, two standalone models at the layer's real input shape:
   <stem>.orig.onnx — the single original node with its weight (and bias) as initializers;
   <stem>.repl.onnx — that model carried through surgery.rewrite: the replacement chain.
+A k×k conv planned as Tucker-2 also gets the other structures at no more MACs than its Tucker-2 chain
+(<stem>.tucker1in.onnx: 1×1 then the k×k core; <stem>.tucker1.onnx: the k×k core then 1×1), so the
+clock can choose the structure per layer (plan.choose_structures).
 candidates.json lists them; the worker times each pair interleaved with onnxruntime-node and writes
 latency-table.json beside it, which plan.make_plan(rule='latency') reads back (latency_table.py).
 
@@ -20,7 +23,7 @@ from onnx import helper
 from .atomic import atomic_write_bytes, atomic_write_json
 from .errors import EngineInputError
 from .onnx_graph import check_structure, constant_tensors, default_opset, node_labels
-from .plan import LayerPlan, Plan
+from .plan import LayerPlan, Plan, alternative_structures
 from .surgery import rewrite
 
 CANDIDATES_FILE = "candidates.json"
@@ -90,6 +93,17 @@ def write_candidates(model: onnx.ModelProto, plan: Plan, out_dir: str, hooi_iter
         orig_file, repl_file = f"{stem}.orig.onnx", f"{stem}.repl.onnx"
         atomic_write_bytes(os.path.join(out_dir, orig_file), original.SerializeToString())
         atomic_write_bytes(os.path.join(out_dir, repl_file), result.model.SerializeToString())
+        alternatives = []
+        for alternative in alternative_structures(original, entry, plan.options.get("roundTo")):
+            alt_plan = Plan(rule=plan.rule, options=plan.options, input_shape=list(entry.input_shape),
+                            layers=[alternative])
+            alt_result = rewrite(original, alt_plan, hooi_iters=hooi_iters)
+            alt_file = f"{stem}.{alternative.kind}.onnx"
+            atomic_write_bytes(os.path.join(out_dir, alt_file), alt_result.model.SerializeToString())
+            alternatives.append({"kind": alternative.kind, "ranks": list(alternative.ranks), "repl": alt_file,
+                                 "macs": {"after": alternative.macs_after},
+                                 "params": {"after": alternative.params_after},
+                                 "relError": alt_result.rel_errors.get(entry.name)})
         feed = original.graph.input[0]
         layers.append({
             "name": entry.name, "op": entry.op, "kind": entry.kind, "ranks": list(entry.ranks),
@@ -99,7 +113,7 @@ def write_candidates(model: onnx.ModelProto, plan: Plan, out_dir: str, hooi_iter
             "macs": {"before": entry.macs_before, "after": entry.macs_after},
             "params": {"before": entry.params_before, "after": entry.params_after},
             "relError": result.rel_errors.get(entry.name),
-            "orig": orig_file, "repl": repl_file,
+            "orig": orig_file, "repl": repl_file, "alternatives": alternatives,
         })
         if progress is not None:
             progress(index + 1, len(rewritten), entry.name)

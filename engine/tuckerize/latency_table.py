@@ -37,6 +37,16 @@ def read_latency_table(path: str) -> dict:
 
 
 @dataclass(frozen=True)
+class AlternativeTiming:
+    """Another structure of the same layer (candidates.py: Tucker-1 on either mode), timed in the same loop."""
+    kind: str
+    ranks: list[int]
+    repl_ms: float
+    macs_after: Optional[int]
+    rel_error: Optional[float]
+
+
+@dataclass(frozen=True)
 class LayerTiming:
     """One layer's original node and replacement chain, timed interleaved in ONNX Runtime."""
     name: str
@@ -46,10 +56,18 @@ class LayerTiming:
     ranks: Optional[list[int]]
     input_shape: Optional[list[int]]
     macs_after: Optional[int]         # of the replacement as timed, to rescale to other ranks
+    rel_error: Optional[float] = None  # ‖W − Ŵ‖/‖W‖ of the timed replacement
+    alternatives: tuple[AlternativeTiming, ...] = ()
 
     @property
     def speedup(self) -> float:
         return self.orig_ms / self.repl_ms
+
+    def structure_ms(self, kind: str, ranks) -> Optional[float]:
+        """The measured time of this layer rewritten as `kind` at exactly `ranks`, if that was timed."""
+        if (self.kind is None or kind == self.kind) and self.ranks == list(ranks):
+            return self.repl_ms
+        return next((a.repl_ms for a in self.alternatives if a.kind == kind and a.ranks == list(ranks)), None)
 
 
 @dataclass(frozen=True)
@@ -84,13 +102,27 @@ class LatencyTable:
                         isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims)):
                     raise _table_error(f"latency table: layers[{name!r}].{label} must be a list of positive "
                                        f"integers, got {json.dumps(dims)[:60]}")
+            alternatives = []
+            for index, alt in enumerate(entry.get("alternatives") or []):
+                where = f"layers[{name!r}].alternatives[{index}]"
+                if not isinstance(alt, dict) or not isinstance(alt.get("kind"), str) or not (
+                        isinstance(alt.get("ranks"), list) and all(isinstance(r, int) and not isinstance(r, bool)
+                                                                   and r > 0 for r in alt["ranks"])):
+                    raise _table_error(f"latency table: {where} must be an object with kind, ranks and replMs")
+                alt_macs = (alt.get("macs") or {}).get("after") if isinstance(alt.get("macs"), dict) else None
+                alternatives.append(AlternativeTiming(
+                    kind=alt["kind"], ranks=[int(r) for r in alt["ranks"]],
+                    repl_ms=positive(alt.get("replMs"), f"{where}.replMs"),
+                    macs_after=int(alt_macs) if isinstance(alt_macs, int) and alt_macs > 0 else None,
+                    rel_error=_optional_number(alt.get("relError"))))
             layers[name] = LayerTiming(
                 name=name, orig_ms=positive(entry.get("origMs"), f"layers[{name!r}].origMs"),
                 repl_ms=positive(entry.get("replMs"), f"layers[{name!r}].replMs"),
                 kind=entry.get("kind") if isinstance(entry.get("kind"), str) else None,
                 ranks=[int(r) for r in ranks] if isinstance(ranks, list) else None,
                 input_shape=[int(d) for d in shape] if isinstance(shape, list) else None,
-                macs_after=int(macs_after) if isinstance(macs_after, int) and macs_after > 0 else None)
+                macs_after=int(macs_after) if isinstance(macs_after, int) and macs_after > 0 else None,
+                rel_error=_optional_number(entry.get("relError")), alternatives=tuple(alternatives))
         model = data.get("model")
         model_ms = None
         if isinstance(model, dict) and model.get("origMs") is not None:
@@ -100,6 +132,12 @@ class LatencyTable:
                    threads=threads if isinstance(threads, int) else None,
                    runs=runs if isinstance(runs, int) else None,
                    ort_version=data.get("ortVersion") if isinstance(data.get("ortVersion"), str) else None)
+
+
+def _optional_number(value) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _shape_text(shape) -> str:
@@ -112,8 +150,12 @@ def slow_layer_reason(timing: LayerTiming) -> str:
 
 
 def _estimated_replacement_ms(entry, timing: LayerTiming) -> tuple[float, bool]:
-    """(ms, estimated): the measured time, rescaled by MACs when the plan's ranks differ from the timed ones."""
-    if timing.ranks == list(entry.ranks) or timing.macs_after is None or not entry.macs_after:
+    """(ms, estimated): the measured time of the plan's structure and ranks, else the Tucker-2 time
+    rescaled by MACs (the plan's ranks differ from the timed ones)."""
+    measured = timing.structure_ms(entry.kind, entry.ranks)
+    if measured is not None:
+        return measured, False
+    if timing.macs_after is None or not entry.macs_after:
         return timing.repl_ms, False
     return timing.repl_ms * entry.macs_after / timing.macs_after, True
 

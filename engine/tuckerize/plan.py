@@ -45,7 +45,12 @@ SELECTION_MAX_SHARE = 0.01
 SELECTION_MIN_ERROR = 0.05
 SELECTION_MAX_KEPT = 0.03
 SELECTION_REASON = "layer selection"
-KINDS = ("tucker2", "tucker1", "svd", "keep")
+# The latency rule's structure choice (choose_structures): the structures candidates.py times beside a
+# k×k conv's Tucker-2 chain, and how much more weight error than Tucker-2's a faster one may have.
+ALTERNATIVE_KINDS = ("tucker1in", "tucker1")
+STRUCTURE_ERROR_SLACK = 1.25
+STRUCTURE_REASON = "structure chosen by the clock"
+KINDS = ("tucker2", "tucker1", "tucker1in", "svd", "keep")
 # A k×k conv with at most this many input channels gets Tucker-1: an input rank below 4 saves
 # almost nothing and the first 1×1 conv would run at full input resolution (the RGB/grey stem).
 TUCKER1_MAX_IN_CHANNELS = 4
@@ -58,8 +63,8 @@ ProgressFn = Callable[[int, int, str], None]
 class LayerPlan:
     name: str
     op: str
-    kind: str                         # tucker2 | tucker1 | svd | keep
-    ranks: list[int]                  # tucker2: [r_out, r_in]; tucker1: [r_out]; svd: [r]; keep: []
+    kind: str                         # tucker2 | tucker1 | tucker1in | svd | keep
+    ranks: list[int]                  # tucker2: [r_out, r_in]; tucker1: [r_out]; tucker1in: [r_in]; svd: [r]; keep: []
     weight: Optional[str] = None
     weight_shape: Optional[list[int]] = None
     input_shape: Optional[list] = None
@@ -187,6 +192,10 @@ def layer_costs(layer: Layer, kind: str, ranks: Sequence[int], bias_params: int)
             (r_out,) = ranks
             params = S * r_out * kh * kw + r_out * T
             macs = None if out_hw is None else out_hw * (S * r_out * kh * kw + r_out * T)
+        elif kind == "tucker1in":
+            (r_in,) = ranks
+            params = S * r_in + T * r_in * kh * kw
+            macs = None if out_hw is None or in_hw is None else in_hw * S * r_in + out_hw * T * r_in * kh * kw
         elif kind == "svd":
             (r,) = ranks
             params = S * r + r * T
@@ -219,7 +228,7 @@ def layer_kind(layer: Layer, tucker1_max_in_channels: int = TUCKER1_MAX_IN_CHANN
 
 def unfoldings(kind: str, weight: torch.Tensor, layer: Layer) -> dict[str, torch.Tensor]:
     """The matrices whose ranks a decomposition of this kind needs (as views, no copies)."""
-    if kind in ("tucker2", "tucker1"):
+    if kind in ("tucker2", "tucker1", "tucker1in"):
         T, S = weight.shape[:2]
         return {"out": weight.reshape(T, -1), "in": weight.transpose(0, 1).reshape(S, -1)}
     if layer.op == "Conv":
@@ -237,6 +246,9 @@ def rank_bounds(kind: str, layer: Layer) -> list[int]:
     if kind == "tucker1":
         T, S, kh, kw = layer.weight_shape
         return [min(T, S * kh * kw)]
+    if kind == "tucker1in":
+        T, S, kh, kw = layer.weight_shape
+        return [min(S, T * kh * kw)]
     out_dim, in_dim = layer.matrix_shape
     return [min(out_dim, in_dim)]
 
@@ -246,7 +258,7 @@ _UNFOLDING_NAMES = {"out": "output (mode-0) unfolding", "in": "input (mode-1) un
 
 
 def _rank_keys(kind: str) -> list[str]:
-    return {"tucker2": ["out", "in"], "tucker1": ["out"], "svd": ["matrix"]}[kind]
+    return {"tucker2": ["out", "in"], "tucker1": ["out"], "tucker1in": ["in"], "svd": ["matrix"]}[kind]
 
 
 def _evbmf_layer(layer: Layer, matrices: dict[str, torch.Tensor], timings: Optional[dict]) -> dict:
@@ -308,6 +320,8 @@ def _dims(layer: Layer, kind: str) -> list[int]:
         return [layer.weight_shape[0], layer.weight_shape[1]]
     if kind == "tucker1":
         return [layer.weight_shape[0]]
+    if kind == "tucker1in":
+        return [layer.weight_shape[1]]
     return [min(layer.matrix_shape)]
 
 
@@ -483,6 +497,7 @@ def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = Non
                "targetMacs": target_macs, "targetParams": target_params, "targetLatency": target_latency,
                "method": method}
     slow: list[str] = []
+    structures: dict[str, LayerPlan] = {}
     if rule == "budget" or (rule == "latency" and target_macs is not None):
         selected = {}
         if improved and rule == "budget":
@@ -497,18 +512,35 @@ def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = Non
             layers, candidates, constants, metrics, target_macs, target_params, round_to, force,
             relax_rounding=relax_rounding, fixed_keep=selected or None)
         if rule == "latency":
+            budget_entries = entries
+            structures = choose_structures(entries, candidates, table, force)
+            entries = [structures.get(e.name, e) for e in entries]
             slow = _slow_layers(entries, table)
-            if slow:
-                # The kept layers' MACs now count as fixed: the rest carry the whole target.
-                entries, achieved_strength, round_to = _rebalance(
-                    layers, candidates, constants, metrics, target_macs, round_to, force, slow, table,
-                    relax_rounding)
+            if slow or structures:
+                # The kept layers' MACs and the clock-chosen structures' now count as fixed: the rest
+                # carry the whole target.
+                try:
+                    entries, achieved_strength, round_to = _rebalance(
+                        layers, candidates, constants, metrics, target_macs, round_to, force, slow, table,
+                        relax_rounding, structures)
+                except EngineInputError:
+                    if not structures:
+                        raise
+                    # Too little left to carry the target around the fixed structures: Tucker-2 everywhere.
+                    structures, entries = {}, budget_entries
+                    slow = _slow_layers(entries, table)
+                    if slow:
+                        entries, achieved_strength, round_to = _rebalance(
+                            layers, candidates, constants, metrics, target_macs, round_to, force, slow, table,
+                            relax_rounding)
         options["achievedStrength"] = achieved_strength
         options["roundTo"] = round_to
     elif rule == "latency":
         entries = [_base_entry(layer, _bias_params(layer, constants)) if candidate is None
                    else _plan_layer(candidate, "vbmf", None, strength, round_to, force)
                    for layer, candidate in zip(layers, candidates)]
+        structures = choose_structures(entries, candidates, table, force)
+        entries = [structures.get(e.name, e) for e in entries]
         slow = _slow_layers(entries, table)
         for index, entry in enumerate(entries):
             if entry.name in slow:
@@ -538,16 +570,18 @@ def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = Non
         key, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
         totals["target"] = {"metric": key, "ratio": target, "achieved": totals[key]["ratio"]}
     if rule == "latency":
-        totals["latency"] = predict_latency(entries, table, target_latency) | {"keptSlow": slow}
+        totals["latency"] = predict_latency(entries, table, target_latency) | {
+            "keptSlow": slow, "structures": sorted(e.name for e in entries if e.name in structures and e.kind != "keep")}
     first_input = next(iter(fixed.values()))
     return Plan(rule=rule, options={k: v for k, v in options.items() if v is not None and v is not False}
                 | {"force": bool(force)}, input_shape=list(first_input), layers=entries, totals=totals)
 
 
 def _rebalance(layers, candidates, constants, metrics, target_macs, round_to, force, slow, table,
-               relax_rounding=False):
+               relax_rounding=False, structures: Optional[dict[str, LayerPlan]] = None):
     fixed = {name: slow_layer_reason(table.layers[name]) for name in slow}
-    remaining = [c for c in candidates if c is not None and c.layer.name not in fixed]
+    remaining = [c for c in candidates if c is not None and c.layer.name not in fixed
+                 and c.layer.name not in (structures or {})]
     if not remaining:
         raise EngineInputError(
             f"rule 'latency': ONNX Runtime found no rewritten layer's replacement at least "
@@ -555,7 +589,7 @@ def _rebalance(layers, candidates, constants, metrics, target_macs, round_to, fo
             f"{target_macs:g}; keep the model as it is or use rule 'budget'")
     try:
         return _budget_entries(layers, candidates, constants, metrics, target_macs, None, round_to, force,
-                               fixed_keep=fixed, relax_rounding=relax_rounding)
+                               fixed_keep=fixed, relax_rounding=relax_rounding, fixed_entries=structures)
     except EngineInputError as exc:
         raise EngineInputError(
             f"rule 'latency': after keeping {len(slow)} layer(s) whose replacement ONNX Runtime found not "
@@ -564,25 +598,113 @@ def _rebalance(layers, candidates, constants, metrics, target_macs, round_to, fo
 
 
 def _slow_layers(entries: list[LayerPlan], table: LatencyTable) -> list[str]:
-    """Rewritten layers whose measured replacement is not at least LATENCY_MIN_SPEEDUP× as fast."""
-    return [e.name for e in entries
-            if e.kind != "keep" and e.name in table.layers and table.layers[e.name].speedup < LATENCY_MIN_SPEEDUP]
+    """Rewritten layers whose measured replacement (the structure the plan has, where it was timed) is not
+    at least LATENCY_MIN_SPEEDUP× as fast as the original."""
+    slow = []
+    for e in entries:
+        timing = table.layers.get(e.name)
+        if e.kind == "keep" or timing is None:
+            continue
+        ms = timing.structure_ms(e.kind, e.ranks)
+        if timing.orig_ms / (ms if ms is not None else timing.repl_ms) < LATENCY_MIN_SPEEDUP:
+            slow.append(e.name)
+    return slow
+
+
+def alternative_structures(model: onnx.ModelProto, entry: LayerPlan, round_to: Optional[int] = None) -> list[LayerPlan]:
+    """The Tucker-1 structures (ALTERNATIVE_KINDS) of a k×k conv planned as Tucker-2, each at the largest
+    rank (a multiple of round_to where one fits) whose MACs do not exceed the Tucker-2 chain's, so the
+    structures the clock compares cost no more MACs. `model` holds the layer (candidates.py: the layer alone).
+    """
+    if entry.kind != "tucker2" or entry.macs_after is None:
+        return []
+    layer = next((candidate for candidate in find_layers(model) if candidate.name == entry.name), None)
+    if layer is None:
+        return []
+    bias_params = _bias_params(layer, constant_tensors(model))
+    structures = []
+    for kind in ALTERNATIVE_KINDS:
+        (bound,) = rank_bounds(kind, layer)
+        per_rank = layer_costs(layer, kind, [1], bias_params)[1]
+        if not per_rank:
+            continue
+        rank = min(bound, entry.macs_after // per_rank)
+        if round_to and rank >= round_to:
+            rank = (rank // round_to) * round_to
+        if rank < 1:
+            continue
+        alternative = _base_entry(layer, bias_params)
+        params, macs = layer_costs(layer, kind, [rank], bias_params)
+        if params >= alternative.params_before:
+            continue
+        alternative.kind, alternative.ranks = kind, [rank]
+        alternative.params_after, alternative.macs_after = params, macs
+        alternative.evbmf = entry.evbmf
+        structures.append(alternative)
+    return structures
+
+
+def choose_structures(entries: list[LayerPlan], candidates: list[Optional[_Candidate]], table: LatencyTable,
+                      force: bool) -> dict[str, LayerPlan]:
+    """Rewritten layers whose timed Tucker-1 structure beats the timed Tucker-2 chain on the clock.
+
+    A structure replaces the planned Tucker-2 only where it was timed against these very ranks, runs at
+    least LATENCY_MIN_SPEEDUP× faster than the chain, and its weight error is at most
+    STRUCTURE_ERROR_SLACK times the chain's (both at no more MACs: candidates.py sizes them so).
+    Returns {layer name: the entry with that structure}, the reason saying what the clock measured.
+    """
+    chosen: dict[str, LayerPlan] = {}
+    for entry, candidate in zip(entries, candidates):
+        timing = table.layers.get(entry.name)
+        if candidate is None or entry.kind != "tucker2" or timing is None or not timing.alternatives:
+            continue
+        if timing.structure_ms(entry.kind, entry.ranks) is None:
+            continue
+        best = None
+        for alternative in timing.alternatives:
+            fastest = best.repl_ms if best is not None else timing.repl_ms
+            if alternative.repl_ms * LATENCY_MIN_SPEEDUP > fastest:
+                continue
+            if (timing.rel_error is not None and alternative.rel_error is not None
+                    and alternative.rel_error > STRUCTURE_ERROR_SLACK * timing.rel_error):
+                continue
+            best = alternative
+        if best is None:
+            continue
+        layer = candidate.layer
+        structure = _Candidate(layer, best.kind, rank_bounds(best.kind, layer), candidate.bias_params, candidate.evbmf)
+        fresh = _base_entry(layer, candidate.bias_params)
+        fresh.evbmf = entry.evbmf
+        decided = _decide(structure, fresh, list(best.ranks), force)
+        if decided.kind == "keep":
+            continue
+        errors = ("" if timing.rel_error is None or best.rel_error is None
+                  else f", weight error {best.rel_error:.3f} against {timing.rel_error:.3f}")
+        decided.reason = (f"{STRUCTURE_REASON}: {best.kind} at ranks {best.ranks} ran in {best.repl_ms:.3g} ms "
+                          f"against tucker2 at {list(entry.ranks)} in {timing.repl_ms:.3g} ms (original "
+                          f"{timing.orig_ms:.3g} ms){errors}")
+        chosen[entry.name] = decided
+    return chosen
 
 
 def _budget_entries(layers, candidates, constants, metrics, target_macs, target_params, round_to, force,
-                    fixed_keep: Optional[dict[str, str]] = None, relax_rounding: bool = False):
+                    fixed_keep: Optional[dict[str, str]] = None, relax_rounding: bool = False,
+                    fixed_entries: Optional[dict[str, LayerPlan]] = None):
     """Ranks from ranks.solve_budget over every decomposable layer, then the usual keep decisions.
     Returns (entries, family strength, the rank multiple used: relax_rounding may lower round_to).
 
     fixed_keep: {layer name: reason} of layers kept whatever the ranks (the latency rule's slow ones);
     their cost stays in the graph unchanged, so the others are solved for the whole target.
+    fixed_entries: {layer name: entry} placed as given (the latency rule's clock-chosen structures); their
+    cost after the rewrite counts as fixed in the same way.
     """
     fixed_keep = fixed_keep or {}
+    fixed_entries = {k: v for k, v in (fixed_entries or {}).items() if k not in fixed_keep}
     kind, target = ("macs", target_macs) if target_macs is not None else ("params", target_params)
     rank_candidates = []
     original_params = original_macs = 0
     for candidate in candidates:
-        if candidate is None or candidate.layer.name in fixed_keep:
+        if candidate is None or candidate.layer.name in fixed_keep or candidate.layer.name in fixed_entries:
             continue
         layer, keys = candidate.layer, _rank_keys(candidate.kind)
         params, macs = layer_costs(layer, "keep", [], candidate.bias_params)
@@ -596,7 +718,14 @@ def _budget_entries(layers, candidates, constants, metrics, target_macs, target_
             name=layer.name, full_ranks=tuple(candidate.bounds),
             evbmf_ranks=tuple(min(candidate.evbmf[k]["rank"], b) for k, b in zip(keys, candidate.bounds)),
             cost=cost, original=(params, macs or 0), may_keep=not force))
-    untouched = (metrics.params - original_params, metrics.macs - original_macs)
+    saved_params = sum(e.params_before - e.params_after for e in fixed_entries.values())
+    saved_macs = sum((e.macs_before or 0) - (e.macs_after or 0) for e in fixed_entries.values())
+    untouched = (metrics.params - original_params - saved_params, metrics.macs - original_macs - saved_macs)
+    # The solver measures its ratio against the model with the fixed entries already rewritten; the target
+    # is the original model's, so it is carried over to that smaller base.
+    saved, whole = (saved_macs, metrics.macs) if kind == "macs" else (saved_params, metrics.params)
+    if saved and whole > saved:
+        target = target * whole / (whole - saved)
     solution = solve_budget(rank_candidates, target, kind, untouched=untouched, tol=BUDGET_TOLERANCE,
                             round_to=round_to, relax_rounding=relax_rounding)
     round_to = solution.round_to
@@ -612,6 +741,9 @@ def _budget_entries(layers, candidates, constants, metrics, target_macs, target_
             entry.reason = fixed_keep[layer.name]
             entries.append(entry)
             continue
+        if layer.name in fixed_entries:
+            entries.append(fixed_entries[layer.name])
+            continue
         ranks = solution.ranks[layer.name]
         if ranks is None:
             tried = list(family_ranks(by_name[layer.name], solution.strength, round_to))
@@ -626,13 +758,15 @@ def _budget_entries(layers, candidates, constants, metrics, target_macs, target_
 
 def rewrite_error(candidate: _Candidate, constants: dict, kind: str, ranks: Sequence[int]) -> float:
     """‖W − Ŵ‖/‖W‖ of the decomposition surgery would apply at these ranks."""
-    from .tucker import svd_factors, tucker1, tucker2
+    from .tucker import svd_factors, tucker1, tucker1_in, tucker2
 
     weight = read_only_tensor(numpy_helper.to_array(constants[candidate.layer.weight]))
     if kind == "tucker2":
         return float(tucker2(weight, ranks[0], ranks[1]).rel_error)
     if kind == "tucker1":
         return float(tucker1(weight, ranks[0]).rel_error)
+    if kind == "tucker1in":
+        return float(tucker1_in(weight, ranks[0]).rel_error)
     matrix = unfoldings("svd", weight, candidate.layer)["matrix"]
     return float(svd_factors(matrix.contiguous(), ranks[0]).rel_error)
 

@@ -3,6 +3,7 @@
   Conv k×k, tucker2:  1×1 (S→r_in)  →  k×k core (r_in→r_out; original strides/pads/dilations/
                       auto_pad)  →  1×1 (r_out→T, with the original bias)
   Conv k×k, tucker1:  k×k core (S→r_out; original attributes)  →  1×1 (r_out→T, bias)
+  Conv k×k, tucker1in: 1×1 (S→r_in)  →  k×k core (r_in→T; original attributes, bias)
   Conv 1×1, svd:      1×1 (S→r; original strides/pads)  →  1×1 (r→T, bias)
   Gemm, svd:          Gemm(A, first, transB=1)  →  Gemm(·, second, transB=1, alpha, beta, C)
   MatMul, svd:        MatMul(X, firstᵀ)  →  MatMul(·, secondᵀ)
@@ -25,7 +26,7 @@ from onnx import helper, numpy_helper
 from .errors import EngineInputError
 from .onnx_graph import constant_tensors, node_labels, read_only_tensor
 from .plan import Plan
-from .tucker import svd_factors, tucker1, tucker2
+from .tucker import svd_factors, tucker1, tucker1_in, tucker2
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -145,6 +146,8 @@ def _max_ranks(kind: str, op: str, weight: np.ndarray, node) -> list[int]:
         return [weight.shape[0], weight.shape[1]]
     if kind == "tucker1":
         return [weight.shape[0]]
+    if kind == "tucker1in":
+        return [weight.shape[1]]
     if kind == "svd":
         if op == "Conv":
             return [min(weight.shape[0], weight.shape[1])]
@@ -169,6 +172,11 @@ def _decompose(entry, node, weight: np.ndarray, hooi_iters: int):
             raise EngineInputError(f"layer {entry.name!r}: tucker1 needs a 2-D Conv weight, got {list(W.shape)}")
         result = tucker1(W, entry.ranks[0])
         return (result.core, result.last), float(result.rel_error)
+    if entry.kind == "tucker1in":
+        if W.dim() != 4 or node.op_type != "Conv":
+            raise EngineInputError(f"layer {entry.name!r}: tucker1in needs a 2-D Conv weight, got {list(W.shape)}")
+        result = tucker1_in(W, entry.ranks[0])
+        return (result.first, result.core), float(result.rel_error)
     if node.op_type == "Conv":
         if W.shape[2:] != (1, 1):
             raise EngineInputError(f"layer {entry.name!r}: svd applies to 1×1 convs, kernel is {list(W.shape[2:])}")
@@ -208,6 +216,9 @@ def _replacement(entry, node, weight_name: str, factors, dtype, names: _Names):
         elif entry.kind == "tucker1":
             core, last = factors
             steps = [("tucker1_core", core, True), ("tucker1_last", last, False)]
+        elif entry.kind == "tucker1in":
+            first, core = factors
+            steps = [("tucker1in_first", first, False), ("tucker1in_core", core, True)]
         else:
             first, second = factors
             steps = [("svd_first", first.reshape(*first.shape, 1, 1), True),

@@ -59,6 +59,12 @@ class Tucker1(NamedTuple):
     rel_error: float
 
 
+class Tucker1In(NamedTuple):
+    first: torch.Tensor       # (r_in, S, 1, 1)
+    core: torch.Tensor        # (T, r_in, kh, kw)
+    rel_error: float
+
+
 class SVDFactors(NamedTuple):
     first: torch.Tensor       # (r, in)
     second: torch.Tensor      # (out, r); y = second @ (first @ x)
@@ -207,6 +213,26 @@ def tucker1(W: torch.Tensor, r_out: int) -> Tucker1:
     return Tucker1(
         core=core.to(W.dtype).contiguous(),
         last=U_out.reshape(T, r_out, 1, 1).to(W.dtype).contiguous(),
+        rel_error=_relative_error(X, approx),
+    )
+
+
+def tucker1_in(W: torch.Tensor, r_in: int) -> Tucker1In:
+    """Tucker-1 on the input mode: 1×1 conv S→r_in, then kh×kw conv r_in→T (the layer's geometry and bias).
+
+    One node fewer than Tucker-2, and no 1×1 conv writing the full output: the latency rule offers it
+    where the clock prefers it. Truncated SVD of the mode-1 unfolding is optimal (Eckart–Young).
+    """
+    _check_kernel(W, "tucker1in")
+    T, S, kh, kw = W.shape
+    r_in = _check_rank("tucker1in", "r_in", r_in, S)
+    X = W.detach().to(_work_dtype(W))
+    U_in = _leading_left_vectors(unfold(X, 1), r_in)                        # (S, r_in)
+    core = torch.einsum("tshw,si->tihw", X, U_in)                           # (T, r_in, kh, kw)
+    approx = torch.einsum("tihw,si->tshw", core, U_in)                      # (T, S, kh, kw)
+    return Tucker1In(
+        first=U_in.T.reshape(r_in, S, 1, 1).to(W.dtype).contiguous(),
+        core=core.to(W.dtype).contiguous(),
         rel_error=_relative_error(X, approx),
     )
 

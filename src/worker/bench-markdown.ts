@@ -188,7 +188,7 @@ export function renderMarkdown(r: BenchResults): string {
       const l = c.compression.latency;
       if (!l) continue;
       const rounds = l.rounds.map((round) => `targetMacs ${num(round.targetMacs, 3)} → predicted ${round.predictedRatio === null ? '?' : num(round.predictedRatio, 3)}`
-        + ` (${round.keptSlow.length} layer(s) kept as slower)`).join('; ');
+        + ` (${round.keptSlow.length} layer(s) kept as slower, ${(round.structures ?? []).length} given a Tucker-1 structure by the clock)`).join('; ');
       out.push(`The latency row went through the worker's own loop (planForLatency, as a \`rule: latency\` job does): target latency ratio `
         + `${num(l.targetLatency, 3)}, ${l.rounds.length} round(s) of candidates timed in onnxruntime-node: ${rounds}; `
         + `${l.converged ? 'converged' : 'did not converge'} in ${num(l.seconds, 1)} s before the compression itself.${l.note ? ` ${l.note}.` : ''}`, '');

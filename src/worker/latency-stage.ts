@@ -34,7 +34,7 @@ export async function planJobLatency(ctx: JobContext, options: JobOptions & { ta
         ctx.pushProgress({
           stage: 'latency', done: round.round, total: maxRounds,
           message: `targetMacs ${round.targetMacs.toFixed(3)}: predicted latency ratio ${round.predictedRatio?.toFixed(3) ?? '?'}`
-            + ` (${round.keptSlow.length} layer(s) kept as slower in onnxruntime)`,
+            + ` (${round.keptSlow.length} layer(s) kept as slower in onnxruntime, ${round.structures.length} given a Tucker-1 structure by the clock)`,
         });
       },
     });

@@ -32,6 +32,15 @@ const candidatesSchema = z.object({
     macs: z.object({ before: z.number().nullable(), after: z.number().nullable() }),
     orig: fileName,
     repl: fileName,
+    relError: z.number().nullable().optional(),
+    /** the layer's other structures at no more MACs (Tucker-1 on either mode), timed in the same loop */
+    alternatives: z.array(z.object({
+      kind: z.string(),
+      ranks: z.array(z.number().int()),
+      repl: fileName,
+      macs: z.object({ after: z.number().nullable() }),
+      relError: z.number().nullable().optional(),
+    })).default([]),
   })),
 }).passthrough();
 export type Candidates = z.infer<typeof candidatesSchema>;
@@ -47,7 +56,22 @@ export interface LayerTiming {
   ranks: number[];
   inputShape: number[];
   macs: { before: number | null; after: number | null };
+  /** ‖W − Ŵ‖/‖W‖ of the timed replacement, as the engine reported it */
+  relError: number | null;
   original: LatencyStats;
+  replacement: LatencyStats;
+  /** the other structures of the layer, timed in the same interleaved loop (the engine picks among them) */
+  alternatives: AlternativeTiming[];
+}
+
+export interface AlternativeTiming {
+  kind: string;
+  ranks: number[];
+  replMs: number;
+  /** origMs / replMs */
+  speedup: number;
+  macs: { after: number | null };
+  relError: number | null;
   replacement: LatencyStats;
 }
 
@@ -144,12 +168,17 @@ export async function timeCandidates(dir: string, options: TimeCandidatesOptions
   };
   const timed = (session: ort.InferenceSession, feeds: Record<string, ort.Tensor>): Timed => ({ session, feeds, wallMs: [], cpuMs: [] });
   try {
-    const pairs: Array<{ layer: Candidates['layers'][number]; a: Timed; b: Timed }> = [];
+    const pairs: Array<{ layer: Candidates['layers'][number]; a: Timed; b: Timed; others: Timed[] }> = [];
     for (const layer of candidates.layers) {
       const feeds = { [layer.inputName]: randomTensor(layer.dtype, layer.inputShape, uniform) };
       const a = await open(path.join(dir, layer.orig), `the original of layer ${layer.name}`);
       const b = await open(path.join(dir, layer.repl), `the replacement of layer ${layer.name}`);
-      pairs.push({ layer, a: timed(a, feeds), b: timed(b, feeds) });
+      const others: Timed[] = [];
+      for (const alternative of layer.alternatives) {
+        const session = await open(path.join(dir, alternative.repl), `the ${alternative.kind} structure of layer ${layer.name}`);
+        others.push(timed(session, feeds));
+      }
+      pairs.push({ layer, a: timed(a, feeds), b: timed(b, feeds), others });
     }
     let whole: Timed | null = null;
     let modelNote: string | null = 'the whole model was not timed (no modelPath); the prediction covers the timed layers only';
@@ -168,17 +197,25 @@ export async function timeCandidates(dir: string, options: TimeCandidatesOptions
       options.signal?.throwIfAborted();
       const record = round >= options.warmup;
       if (whole) await runOnce(whole, record);
-      for (const { a, b } of pairs) {
-        const [first, second] = round % 2 === 0 ? [a, b] : [b, a];
-        await runOnce(first, record);
-        await runOnce(second, record);
+      for (const { a, b, others } of pairs) {
+        // Every structure of a layer in one group, the order rotating from round to round.
+        const group = [a, b, ...others];
+        const shift = round % group.length;
+        for (const t of [...group.slice(shift), ...group.slice(0, shift)]) await runOnce(t, record);
       }
     }
 
     const layers: Record<string, LayerTiming> = {};
-    for (const { layer, a, b } of pairs) {
+    for (const { layer, a, b, others } of pairs) {
       const original = latencyStats(a.wallMs, a.cpuMs);
       const replacement = latencyStats(b.wallMs, b.cpuMs);
+      const alternatives = layer.alternatives.map((alternative, index): AlternativeTiming => {
+        const stats = latencyStats(others[index]!.wallMs, others[index]!.cpuMs);
+        return {
+          kind: alternative.kind, ranks: alternative.ranks, replMs: stats.medianMs, speedup: original.medianMs / stats.medianMs,
+          macs: alternative.macs, relError: alternative.relError ?? null, replacement: stats,
+        };
+      });
       layers[layer.name] = {
         origMs: original.medianMs,
         replMs: replacement.medianMs,
@@ -188,8 +225,10 @@ export async function timeCandidates(dir: string, options: TimeCandidatesOptions
         ranks: layer.ranks,
         inputShape: layer.inputShape,
         macs: layer.macs,
+        relError: layer.relError ?? null,
         original,
         replacement,
+        alternatives,
       };
     }
     const modelStats = whole ? latencyStats(whole.wallMs, whole.cpuMs) : null;

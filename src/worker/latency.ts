@@ -66,6 +66,8 @@ export interface LatencyRound {
   basis: string | null;
   macsRatio: number | null;
   keptSlow: string[];
+  /** layers whose Tucker-1 structure the clock preferred to Tucker-2 (plan.choose_structures) */
+  structures: string[];
 }
 
 export interface LatencyPlanResult {
@@ -87,6 +89,7 @@ const plannedSchema = z.object({
       predictedRatio: z.number().nullable(),
       basis: z.string(),
       keptSlow: z.array(z.string()),
+      structures: z.array(z.string()).default([]),
     }).passthrough(),
   }).passthrough(),
 }).passthrough();
@@ -121,7 +124,7 @@ async function runRound(opts: LatencyPlanOptions, round: number, targetMacs: num
   return {
     round, targetMacs, dir, latencyTable, timedLayers: Object.keys(table.layers).length,
     predictedRatio: totals.latency.predictedRatio, basis: totals.latency.basis, macsRatio: totals.macs.ratio,
-    keptSlow: totals.latency.keptSlow,
+    keptSlow: totals.latency.keptSlow, structures: totals.latency.structures,
   };
 }
 
