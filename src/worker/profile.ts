@@ -113,14 +113,18 @@ export function replacementChain(model: OnnxModelInfo, input: string, output: st
   return model.nodes.filter((n) => chain.has(n));
 }
 
-/** Without a plan: 3 compute nodes are Tucker-2; 2 are Tucker-1 when the first has a spatial kernel, else SVD. */
+/**
+ * Without a plan: 3 compute nodes are Tucker-2; of 2, a spatial kernel first is Tucker-1 (output mode), a
+ * spatial kernel second Tucker-1 on the input mode (tucker1in), neither SVD.
+ */
 function inferKind(model: OnnxModelInfo, chain: OnnxNode[]): string {
   const compute = chain.filter((n) => COMPUTE_OPS.has(n.opType));
   if (compute.length === 3) return 'tucker2';
   if (compute.length !== 2) return 'other';
-  const first = compute[0]!;
-  const kernel = model.initializers.get(first.inputs[1] ?? '')?.dims.slice(2) ?? [];
-  return first.opType === 'Conv' && kernel.some((k) => k > 1) ? 'tucker1' : 'svd';
+  const spatial = (node: OnnxNode) =>
+    node.opType === 'Conv' && (model.initializers.get(node.inputs[1] ?? '')?.dims.slice(2) ?? []).some((k) => k > 1);
+  if (spatial(compute[0]!)) return 'tucker1';
+  return spatial(compute[1]!) ? 'tucker1in' : 'svd';
 }
 
 const sameNode = (a: OnnxNode, b: OnnxNode) =>
