@@ -51,6 +51,10 @@ CONFIGS = {
     "cal-T2": {"method": "improved", "calibration": 1024, "finetune": dict(OLD_RECIPE, temperature=2.0)},
     "cal-adamw": {"method": "improved", "calibration": 1024,
                   "finetune": dict(OLD_RECIPE, optimizer="adamw", lr=3e-4)},
+    "cal-lr0.02": {"method": "improved", "calibration": 1024, "finetune": dict(OLD_RECIPE, lr=0.02)},
+    "cal-alpha0.5": {"method": "improved", "calibration": 1024, "finetune": dict(OLD_RECIPE, alpha=0.5)},
+    "cal-feat1-lr0.02": {"method": "improved", "calibration": 1024,
+                         "finetune": dict(OLD_RECIPE, featureWeight=1.0, lr=0.02)},
 }
 LABELS = {
     "paper": "paper's method (every layer at EVBMF's ranks), old recipe",
