@@ -76,6 +76,10 @@ const plan: BenchPlan = quick
       { model: 'googlenet', inputSize: 224, rule: 'budget', targetMacsReduction: 2.06, paper: { macsReduction: 2.06, galaxyS6: 1.42, titanX: 1.23 } },
       { model: 'resnet50', inputSize: 224, rule: 'budget', targetMacsReduction: 2 },
       { model: 'resnet50', inputSize: 224, rule: 'budget', targetMacsReduction: 3 },
+      // The latency rule through the worker's loop (structure per layer chosen by the clock), asked for the
+      // time the budget rows' MACs reductions promise.
+      { model: 'vgg16', inputSize: 224, rule: 'latency', targetLatency: 0.2028 },
+      { model: 'resnet50', inputSize: 224, rule: 'latency', targetLatency: 0.5 },
     ],
     rules: { model: 'alexnet', inputSize: 224, targetMacsReduction: 2.67 },
     // VGG-16 is the issue's headline case; VGG-S (the same family) stands in if VGG-16 does not compress.

@@ -48,7 +48,7 @@ test('the quick bench compares rules, session options and profiles layers', () =
   assert.ok(latency && latency.rounds.length >= 1 && latency.targetLatency === 0.5, JSON.stringify(latency));
   assert.ok(latency.rounds.every((round) => round.timedLayers > 0 && round.predictedRatio !== null));
   assert.match(results.rules!.results[2]!.compression.command, /--rule latency --target-macs 0\.\d+ --latency-table \S+latency-table\.json/);
-  assert.match(markdown, /The latency row went through the worker's own loop \(planForLatency/);
+  assert.match(markdown, /The latency row of resnet18 went through the worker's own loop \(planForLatency/);
   assert.equal(results.experiments?.results.length, 2);
   for (const e of results.experiments!.results) assert.ok(e.measurement, e.error ?? '');
   const profile = results.profile?.profile;

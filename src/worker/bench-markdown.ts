@@ -23,7 +23,8 @@ function header(r: BenchResults, title: string): string[] {
   ];
 }
 
-const ruleLabel = (c: BenchCase) => (c.rule === 'budget' ? `budget 1/${c.targetMacsReduction}` : c.rule);
+const ruleLabel = (c: BenchCase) => (c.rule === 'budget' ? `budget 1/${c.targetMacsReduction}`
+  : c.rule === 'latency' && c.targetLatency ? `latency ${c.targetLatency}` : c.rule);
 const notMeasured = (r: CaseResult, columns: number) =>
   `| ${r.benchCase.model} | ${r.benchCase.inputSize} | ${ruleLabel(r.benchCase)} | not measured: ${r.error?.replace(/\|/g, '/').slice(0, 300)} ${'|'.repeat(columns - 3)}`;
 
@@ -141,6 +142,21 @@ function goalLines(r: BenchResults): string[] {
   return lines;
 }
 
+/** How each latency row's worker loop went (rounds, layers kept, structures the clock chose). */
+function latencyLoopLines(results: CaseResult[]): string[] {
+  const lines: string[] = [];
+  for (const c of results) {
+    const l = c.compression.latency;
+    if (!l) continue;
+    const rounds = l.rounds.map((round) => `targetMacs ${num(round.targetMacs, 3)} → predicted ${round.predictedRatio === null ? '?' : num(round.predictedRatio, 3)}`
+      + ` (${round.keptSlow.length} layer(s) kept as slower, ${(round.structures ?? []).length} given a Tucker-1 structure by the clock)`).join('; ');
+    lines.push(`The latency row of ${c.benchCase.model} went through the worker's own loop (planForLatency, as a \`rule: latency\` job does): `
+      + `target latency ratio ${num(l.targetLatency, 3)}, ${l.rounds.length} round(s) of candidates timed in onnxruntime-node: ${rounds}; `
+      + `${l.converged ? 'converged' : 'did not converge'} in ${num(l.seconds, 1)} s before the compression itself.${l.note ? ` ${l.note}.` : ''}`, '');
+  }
+  return lines;
+}
+
 export function renderMarkdown(r: BenchResults): string {
   const compressed = [...r.cases, ...(r.rules?.results.filter((c) => !r.cases.includes(c)) ?? [])];
   const out: string[] = [
@@ -180,19 +196,11 @@ export function renderMarkdown(r: BenchResults): string {
       ? [`Rows marked ↺ were compressed by an earlier run of the harness in the same work dir (\`--reuse\`); their time and memory are from that run, on the same machine.`, '']
       : []),
   ];
-  out.push(...goalLines(r), '');
+  out.push(...latencyLoopLines(r.cases), ...goalLines(r), '');
   if (r.rules) {
     out.push(`## Rules on the same network: ${r.rules.model} at ${r.rules.inputSize}`, '', ...header(r, 'Measured'),
       ...speedRows(r.rules.results, r.settings.batch), '', ...sizeRows(r.rules.results), '');
-    for (const c of r.rules.results) {
-      const l = c.compression.latency;
-      if (!l) continue;
-      const rounds = l.rounds.map((round) => `targetMacs ${num(round.targetMacs, 3)} → predicted ${round.predictedRatio === null ? '?' : num(round.predictedRatio, 3)}`
-        + ` (${round.keptSlow.length} layer(s) kept as slower, ${(round.structures ?? []).length} given a Tucker-1 structure by the clock)`).join('; ');
-      out.push(`The latency row went through the worker's own loop (planForLatency, as a \`rule: latency\` job does): target latency ratio `
-        + `${num(l.targetLatency, 3)}, ${l.rounds.length} round(s) of candidates timed in onnxruntime-node: ${rounds}; `
-        + `${l.converged ? 'converged' : 'did not converge'} in ${num(l.seconds, 1)} s before the compression itself.${l.note ? ` ${l.note}.` : ''}`, '');
-    }
+    out.push(...latencyLoopLines(r.rules.results));
   }
   if (r.experiments) {
     const on = r.experiments.on;
