@@ -53,15 +53,28 @@ CONFIGS = {
                   "finetune": dict(OLD_RECIPE, optimizer="adamw", lr=3e-4)},
     "cal-lr0.02": {"method": "improved", "calibration": 1024, "finetune": dict(OLD_RECIPE, lr=0.02)},
     "cal-alpha0.5": {"method": "improved", "calibration": 1024, "finetune": dict(OLD_RECIPE, alpha=0.5)},
+    # What a service job with {"rule": "vbmf"} gets: ranks aligned to this CPU's channel block within EVBMF's MACs.
+    "aligned": {"method": "improved", "calibration": 1024, "finetune": {}, "target": "host"},
     "cal-feat1-lr0.02": {"method": "improved", "calibration": 1024,
                          "finetune": dict(OLD_RECIPE, featureWeight=1.0, lr=0.02)},
 }
 LABELS = {
+    "aligned": "+ all of it, ranks aligned to the host's channel block (a service job's default)",
     "paper": "paper's method (every layer at EVBMF's ranks), old recipe",
     "select": "+ layer selection and rank floor, old recipe",
     "calibrate": "+ layer selection, rank floor and calibration (1,024 images), old recipe",
     "recipe": "+ all of it and the recipe (engine defaults)",
 }
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo and the core count, for the table's caption."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "unknown CPU")
+    except OSError:
+        name = "unknown CPU"
+    return f"{name}, {os.cpu_count()} cores"
 
 
 def run_one(net: str, config: str, seed: int, threads: int, epochs: float, scratch: Path) -> dict:
@@ -80,7 +93,8 @@ def run_one(net: str, config: str, seed: int, threads: int, epochs: float, scrat
     original = onnx.load(str(ROOT / "assets" / "models" / f"{net}.onnx"))
     load_start = os.getloadavg()
     # Ranks exactly as EVBMF gives them (no channel-block rounding), so rows differ only by the method.
-    plan = make_plan(original, [1, 1, 28, 28], rule="vbmf", method=settings["method"], target={"block": 1})
+    plan = make_plan(original, [1, 1, 28, 28], rule="vbmf", method=settings["method"],
+                     target=settings.get("target", {"block": 1}))
     compressed = rewrite(original, plan).model
     calibration = None
     if settings["calibration"]:
@@ -94,7 +108,8 @@ def run_one(net: str, config: str, seed: int, threads: int, epochs: float, scrat
         job = {"jobId": f"ablation-{net}-{config}", "dataset": DATASET, "threads": threads, "seed": seed,
                "options": {"rule": "vbmf", "finetune": {"evalSamples": 10000}}}
         accuracy = evaluate_stage(job, original, compressed, lambda event: None)
-        return {"net": net, "config": config, "seed": seed, "date": utc_now(), "threads": threads, "epochs": 0,
+        return {"net": net, "config": config, "seed": seed, "date": utc_now(), "cpu": cpu_model(), "threads": threads,
+                "epochs": 0,
                 "settings": settings, "loadAverage": {"start": load_start, "end": os.getloadavg()},
                 "macs": plan.totals["macs"], "params": plan.totals["params"],
                 "kept": [e.name for e in plan.layers if e.kind == "keep" and e.reason], "calibration": calibration,
@@ -114,7 +129,8 @@ def run_one(net: str, config: str, seed: int, threads: int, epochs: float, scrat
     accuracy, ft = sections["accuracy"], sections["finetune"]
     quarter = next((h["heldout"] for h in ft["history"] if abs(h["epoch"] - 0.25) < 0.01), None)
     return {
-        "net": net, "config": config, "seed": seed, "date": utc_now(), "threads": threads, "epochs": epochs,
+        "net": net, "config": config, "seed": seed, "date": utc_now(), "cpu": cpu_model(), "threads": threads,
+        "epochs": epochs,
         "settings": settings, "loadAverage": {"start": load_start, "end": os.getloadavg()},
         "macs": plan.totals["macs"], "params": plan.totals["params"],
         "kept": [e.name for e in plan.layers if e.kind == "keep" and e.reason],
@@ -149,15 +165,16 @@ def render(records: list[dict], command: str) -> str:
         "## Accuracy at ≥ 4× fewer MACs: ablation (issue 10)",
         "",
         f"Written by `{command}` from the runs that `/usr/bin/python3 benchmarks/accuracy_ablation.py run` appends to "
-        "that JSONL. Each run: `vbmf` ranks without channel-block rounding (`target: {\"block\": 1}`), the method's "
+        "that JSONL. Each run: `vbmf` ranks without channel-block rounding (`target: {\"block\": 1}`; the `aligned` "
+        "row: the host's block, as a service job), the method's "
         "plan, optional calibration, then one epoch (937 steps × 64 images) of fine-tuning on CPU with the engine's "
         "own stage functions; top-1 on all 10,000 Fashion-MNIST test images before fine-tuning, after ¼ epoch (the "
         "same run's held-out check at step 234, so the learning rate is not yet annealed) and after the epoch. "
         "Mean ± sample standard deviation over the seeds shown (seed = data order, calibration subset). "
-        f"CPU: AMD EPYC, 2 cores shared with other sessions (1-minute load average {min(loads):.1f}–{max(loads):.1f} at "
-        f"run starts/ends), torch with {records[0]['threads']} thread(s); runs from {min(r['date'] for r in records)} "
-        f"to {max(r['date'] for r in records)}. FT time and images/s count the training steps only and mostly "
-        "measure the other sessions' load.",
+        f"CPU: {'; '.join(sorted({r.get('cpu', 'not recorded') for r in records}))} (1-minute load average "
+        f"{min(loads):.1f}–{max(loads):.1f} at run starts/ends), torch with {records[0]['threads']} thread(s); runs "
+        f"from {min(r['date'] for r in records)} to {max(r['date'] for r in records)}. FT time and images/s count "
+        "the training steps only; at load averages above 2 they measure the machine's other work as well.",
         "",
         "| net | row | seeds | MACs (× fewer) | top-1 before FT | after ¼ epoch | after 1 epoch | Δ vs original (points) "
         "| FT time (s) | images/s |",
