@@ -117,3 +117,22 @@ def test_batchnorm_statistics_follow_the_compressed_activations_and_stay_put_whe
     b = OnnxModule(shifted).eval()(x)
     assert torch.allclose(a.mean(dim=(0, 2, 3)), b.mean(dim=(0, 2, 3)), atol=1e-6)
     assert torch.allclose(a.std(dim=(0, 2, 3)), b.std(dim=(0, 2, 3)), atol=1e-6)
+
+
+def test_a_damaged_core_is_refit_with_the_last_factor_through_its_strided_geometry():
+    """conv2 (3×3, stride 2, pads 1) at full Tucker-2 rank: the original is reachable, and only a refit of the
+    k×k core itself can undo damage to it; the last factor alone cannot."""
+    original = to_float64(tiny_cnn(np.random.default_rng(6), structured=False))
+    plan, compressed = _compressed(original, rule="ratio", ratio=1.0, method="paper", force=True)
+    (target,) = [t for t in find_targets(original, compressed, ["conv2"]) if t.kind == "factor"]
+    core = compressed.graph.node[target.core]
+    assert core.name == "conv2__tucker_core"
+    rng = np.random.default_rng(7)
+    weight = _initializer(compressed, core.input[1])
+    _set(compressed, core.input[1], weight * (1 + 0.3 * rng.standard_normal(weight.shape)))
+    x = _images()
+    damaged = output_error(original, compressed, x)
+    calibrated, report = calibrate(original, compressed, ["conv2"], x)
+    (layer,) = report["layers"]
+    assert layer["core"] is True and layer["relErrorAfter"] < 1e-5 < layer["relErrorBefore"]
+    assert output_error(original, calibrated, _images(seed=8)) < 1e-4 * damaged
