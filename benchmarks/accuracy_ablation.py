@@ -150,16 +150,34 @@ def _spread(values: list[float]) -> str:
     return f"{100 * mean:.2f} % ± {100 * statistics.stdev(values):.2f}"
 
 
+# Runs from before calibration refit the k×k cores (their layer reports carry no "core" key) are their own rows.
+LAST_FACTOR_ONLY = ":last-factor"
+
+
+def _row_config(record: dict) -> str:
+    calibration = record.get("calibration")
+    if calibration and not any("core" in layer for layer in calibration["layers"]):
+        return record["config"] + LAST_FACTOR_ONLY
+    return record["config"]
+
+
 def _group(records: list[dict]) -> dict:
     groups: dict = {}
     for record in records:
-        groups.setdefault((record["net"], record["config"]), []).append(record)
+        groups.setdefault((record["net"], _row_config(record)), []).append(record)
     return groups
+
+
+def _label(config: str) -> str:
+    base = config.removesuffix(LAST_FACTOR_ONLY)
+    label = LABELS.get(base, f"candidate `{base}`: {json.dumps(CONFIGS[base]['finetune'])}")
+    return label + (" — calibration of the last factors only (before the core refit)" if base != config else "")
 
 
 def render(records: list[dict], command: str) -> str:
     groups = _group(records)
-    configs = [c for c in CONFIGS if any(key[1] == c for key in groups)]
+    configs = [c + suffix for c in CONFIGS for suffix in (LAST_FACTOR_ONLY, "")
+               if any(key[1] == c + suffix for key in groups)]
     loads = [v[0] for r in records for v in r["loadAverage"].values()]
     lines = [
         "## Accuracy at ≥ 4× fewer MACs: ablation (issue 10)",
@@ -194,7 +212,7 @@ def render(records: list[dict], command: str) -> str:
             before = [r["beforeFinetune"]["top1"] for r in runs]
             quarter = [r["quarter"]["top1"] for r in tuned if r.get("quarter")]
             after = [r["finetuned"]["top1"] for r in tuned]
-            label = LABELS.get(config, f"candidate `{config}`: {json.dumps(CONFIGS[config]['finetune'])}")
+            label = _label(config)
             seeds = sorted({r["seed"] for r in runs})
             if tuned:
                 drop = [100 * (a - original) for a in after]
@@ -228,7 +246,7 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             for config in args.configs:
                 for net in args.nets:
-                    done = {(r["net"], r["config"], r["seed"]) for r in read_jsonl(args.jsonl[0])}
+                    done = {(r["net"], _row_config(r), r["seed"]) for r in read_jsonl(args.jsonl[0])}
                     if (net, config, seed) in done:
                         continue
                     started = time.perf_counter()
