@@ -9,12 +9,15 @@
 //   --python P     interpreter with torch and onnx (default /usr/bin/python3)
 //   --json FILE    raw results (default: benchmarks/results.json, or beside --out / the quick markdown)
 //   --from-json F  re-render the markdown from a previous run's results JSON instead of measuring
+//   --cases L,...  only these cases of the full plan, by label (e.g. vgg16-224-budget-4.93x,vgg16-224-latency-t0.2028),
+//                  with no rules, session-option, profile or engine-side tables, and the VGG-16 threads table when
+//                  the VGG-16 budget case is among them; needs --out (BENCHMARKS.md keeps the full run's tables)
 import { execFile } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
-import { renderMarkdown, runBenchmarks, type BenchPlan, type BenchResults, type SessionExperiment } from '../src/worker/bench.js';
+import { caseLabel, renderMarkdown, runBenchmarks, type BenchPlan, type BenchResults, type SessionExperiment } from '../src/worker/bench.js';
 import { measureAlignment, renderAlignment } from './alignment.js';
 import { layerProfileSvg } from './layer-plot.js';
 import { replaceSection } from './sections.js';
@@ -33,8 +36,11 @@ const { values } = parseArgs({
     python: { type: 'string', default: '/usr/bin/python3' },
     json: { type: 'string' },
     'from-json': { type: 'string' },
+    cases: { type: 'string' },
   },
 });
+const only = values.cases ? values.cases.split(',').map((label) => label.trim()).filter(Boolean) : null;
+if (only && !values.out) throw new Error('--cases writes a partial run: give --out FILE (BENCHMARKS.md keeps the full run)');
 const quick = values.quick;
 const threads = Number(values.threads);
 if (!Number.isInteger(threads) || threads < 1) throw new Error(`--threads must be a positive integer, got ${values.threads}`);
@@ -53,10 +59,11 @@ const variants = (t: number): SessionExperiment[] => [
 ];
 
 // What `npm run bench` runs, with the flags given, so a reader can repeat the run.
-const command = `node --import tsx benchmarks/run.ts${quick ? ' --quick' : ''}${values.reuse ? ' --reuse' : ''}${threads !== 2 ? ` --threads ${threads}` : ''}`;
+const command = `node --import tsx benchmarks/run.ts${quick ? ' --quick' : ''}${values.reuse ? ' --reuse' : ''}${threads !== 2 ? ` --threads ${threads}` : ''}`
+  + (only ? ` --cases ${only.join(',')}` : '');
 const vgg16 = { model: 'vgg16', inputSize: 224, targetMacsReduction: 4.93 };
 const vggs = { model: 'vggs', inputSize: 224, targetMacsReduction: 4.8 };
-const plan: BenchPlan = quick
+const fullPlan: BenchPlan = quick
   ? {
     mode: 'quick',
     command,
@@ -87,6 +94,15 @@ const plan: BenchPlan = quick
     profile: { on: [vgg16, vggs] },
   };
 
+const plan: BenchPlan = only
+  ? (() => {
+    const cases = fullPlan.cases.filter((c) => only.includes(caseLabel(c)));
+    const unknown = only.filter((label) => !fullPlan.cases.some((c) => caseLabel(c) === label));
+    if (unknown.length > 0) throw new Error(`--cases: no case labelled ${unknown.join(', ')}; the plan has ${fullPlan.cases.map(caseLabel).join(', ')}`);
+    return { ...fullPlan, cases, rules: null, experiments: null, profile: null };
+  })()
+  : fullPlan;
+
 const settings = {
   python: values.python,
   repoRoot,
@@ -111,7 +127,7 @@ await writeFile(out, renderMarkdown(results) + (await keptSections(out)));
 const withoutPerNode = (key: string, value: unknown) => (key === 'perNode' ? undefined : value);
 if (!values['from-json']) await writeFile(json, JSON.stringify(results, withoutPerNode, 2));
 await writeLayerPlot(results);
-if (!quick && !values['from-json']) await measureIssue11(results);
+if (!quick && !values['from-json']) await (only ? measureVggThreads(results) : measureIssue11(results));
 process.stderr.write(`[bench] wrote ${out}\n`);
 
 /**
@@ -155,22 +171,31 @@ async function measureIssue11(r: BenchResults): Promise<void> {
   });
   await writeFile(path.join(repoRoot, 'benchmarks', 'alignment.json'), JSON.stringify(alignment, null, 2));
   await replaceSection(out, 'alignment', renderAlignment(alignment));
-  const vgg = r.cases.find((c) => c.benchCase.model === 'vgg16' && c.compression.exitCode === 0);
+  const vgg = await measureVggThreads(r);
   if (!vgg) return;
-  const macs = vgg.measurement?.table1.macs.ratio ?? null;
-  const threadResults = await measureThreads({
-    label: caseLabelOf(vgg.benchCase), original: vgg.originalPath, compressed: vgg.compression.output, threads: [1, 2],
-    runs: 20, warmup: 3, workDir: path.join(workDir, 'threads'), macsReduction: macs, log,
-    command: 'node --import tsx benchmarks/threads.ts (run by npm run bench on the budget case\'s models)',
-  });
-  await writeFile(path.join(repoRoot, 'benchmarks', 'threads.json'), JSON.stringify(threadResults, null, 2));
-  await replaceSection(out, 'threads', renderThreads(threadResults));
   // The engine-side tables: HOOI sweeps on this VGG-16 plan's Tucker-2 layers, and the FC eigensolvers.
   const engineEnv = { ...process.env, PYTHONPATH: [path.join(repoRoot, 'engine'), path.join(repoRoot, 'engine', 'tests')].join(path.delimiter) };
   await execFileAsync(values.python, [path.join(repoRoot, 'benchmarks', 'compress_speed_hooi.py'), '--model', vgg.originalPath,
     '--plan', vgg.compression.plan, '--out', out], { env: engineEnv, maxBuffer: 16 * 1024 * 1024 });
   await execFileAsync(values.python, [path.join(repoRoot, 'benchmarks', 'compress_speed_fc.py'), '--out', out],
     { env: { ...engineEnv, OMP_NUM_THREADS: '1' }, maxBuffer: 16 * 1024 * 1024 });
+}
+
+/** VGG-16 (budget case) at 1 and 2 threads with onnxruntime's profiler; the case, or null when it did not compress. */
+async function measureVggThreads(r: BenchResults) {
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const vgg = r.cases.find((c) => c.benchCase.model === 'vgg16' && c.benchCase.rule === 'budget' && c.compression.exitCode === 0);
+  if (!vgg) return null;
+  const macs = vgg.measurement?.table1.macs.ratio ?? null;
+  const threadResults = await measureThreads({
+    label: caseLabelOf(vgg.benchCase), original: vgg.originalPath, compressed: vgg.compression.output, threads: [1, 2],
+    runs: 20, warmup: 3, workDir: path.join(workDir, 'threads'), macsReduction: macs, log,
+    command: `node --import tsx benchmarks/threads.ts (run by ${command} on the budget case's models)`,
+  });
+  const threadsJson = only ? out.replace(/\.md$/, '') + '.threads.json' : path.join(repoRoot, 'benchmarks', 'threads.json');
+  await writeFile(threadsJson, JSON.stringify(threadResults, null, 2));
+  await replaceSection(out, 'threads', renderThreads(threadResults));
+  return vgg;
 }
 
 function caseLabelOf(c: { model: string; inputSize: number; targetMacsReduction?: number }): string {
