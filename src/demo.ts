@@ -226,6 +226,11 @@ export async function runDemo(rawEnv: NodeJS.ProcessEnv, print: (line: string) =
     print(`model: ${choice.note}`);
     const model = await client.uploadModel(choice.file);
     print(`uploaded ${path.basename(choice.file)} → model ${model.id}`);
+    // The job's cost is checked against the per-job limits when it is created: with the analysis done, from
+    // the model's own MACs rather than the bound the API must assume for an unanalysed upload.
+    const analysed = await client.waitForAnalysis(model.id);
+    print(`analysis ${analysed.analysis}: ${analysed.macs === null ? 'MACs unknown' : `${formatCount(analysed.macs)} MACs`}, `
+      + `${analysed.params === null ? 'weights unknown' : `${formatCount(analysed.params)} weights`}`);
 
     const job = await client.request<{ id: string; status: string }>('POST', '/v1/jobs', { modelId: model.id, ...choice.job });
     print(`job ${job.id} ${job.status}; following GET /v1/jobs/${job.id}/events`);

@@ -96,6 +96,7 @@ describe('make demo (DEMO_QUICK=1)', () => {
     const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
     assert.equal(code, 0, out);
     assert.match(out, /job succeeded/);
+    assert.match(out, /analysis done: 66\.26 M MACs, 1\.53 M weights/);
     assert.match(out, /fine-tuning 200 steps on Fashion-MNIST/);
     assert.match(out, /\[ *\d+\.\d %\] finetune/, 'live fine-tuning progress from SSE');
     assert.match(out, /matches X-Content-SHA256/);

@@ -88,6 +88,19 @@ export class ApiClient {
     return JSON.parse(text) as { id: string; name: string };
   }
 
+  /**
+   * Polls GET /v1/models/:id until the workers' analysis of the upload is done or failed (or `timeoutMs`
+   * passes): a job created after it is estimated from the model's measured MACs, not the upload-time bound.
+   */
+  async waitForAnalysis(modelId: string, timeoutMs = 120_000): Promise<{ analysis: string; macs: number | null; params: number | null }> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const model = await this.request<{ analysis: string; macs: number | null; params: number | null }>('GET', `/v1/models/${modelId}`);
+      if (model.analysis !== 'pending' || Date.now() > deadline) return model;
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+  }
+
   /** Follows GET /v1/jobs/:id/events until the terminal status; returns that status message's data. */
   async followJob(jobId: string, onMessage: (message: SseMessage) => void): Promise<Record<string, unknown>> {
     const res = await fetch(`${this.baseUrl}/v1/jobs/${jobId}/events`, { headers: this.headers({ accept: 'text/event-stream' }) });
