@@ -122,9 +122,12 @@ const results: BenchResults = values['from-json']
   ? JSON.parse(await readFile(values['from-json'], 'utf8')) as BenchResults
   : await runBenchmarks(settings, plan);
 await mkdir(path.dirname(out), { recursive: true });
-await writeFile(out, renderMarkdown(results) + (await keptSections(out)));
+// Recorded paths are the repository's relative ones: the files are committed, the checkout's location is not theirs.
+const repoRelative = (text: string) => text.replaceAll(repoRoot + path.sep, '');
+await writeFile(out, repoRelative(renderMarkdown(results)) + (await keptSections(out)));
 // Per-node MAC lists would make the file hundreds of kilobytes; the totals and timings stay.
-const withoutPerNode = (key: string, value: unknown) => (key === 'perNode' ? undefined : value);
+const withoutPerNode = (key: string, value: unknown) =>
+  (key === 'perNode' ? undefined : typeof value === 'string' ? repoRelative(value) : value);
 if (!values['from-json']) await writeFile(json, JSON.stringify(results, withoutPerNode, 2));
 await writeLayerPlot(results);
 if (!quick && !values['from-json']) await (only ? measureVggThreads(results) : measureIssue11(results));

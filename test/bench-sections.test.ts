@@ -82,7 +82,7 @@ test('the threads table lists every operator type with its node counts', () => {
   };
   const md = renderThreads(results);
   assert.match(md, /\| 1 \| — \| 200\.0 \| 50\.0 \| 4\.00× \| 4\.00× \| 180\.0 \| 42\.0 \|/);
-  assert.match(md, /\| 2 \| no \| 100\.0 \| 50\.0 \| 2\.00× \| 4\.00× \| — \| — \|/);
+  assert.match(md, /\| 2 \| no \(the service's default\) \| 100\.0 \| 50\.0 \| 2\.00× \| 4\.00× \| — \| — \|/);
   assert.match(md, /\| Conv \| 180\.00 \| 40\.00 \| 180\.00 \| 40\.00 \| 13 \/ 38 \|/);
   assert.match(md, /\| ReorderInput \| — \| 2\.00 \| — \| 2\.00 \| 0 \/ 8 \|/);
   assert.match(md, /MACs reduction 4\.90×/);

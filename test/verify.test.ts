@@ -60,6 +60,7 @@ describe('verifyAndMeasure', () => {
     assert.equal(r.runtime.intraOpNumThreads, 1);
     assert.equal(r.runtime.interOpNumThreads, 1);
     assert.equal(r.runtime.graphOptimizationLevel, 'all');
+    assert.equal(r.runtime.intraOpSpinning, false, 'pool threads block between operators unless asked to spin');
     assert.deepEqual(r.io.inputs, [{ name: 'x', type: 'float32', shape: ['N', 3, 16, 16] }]);
   });
 

@@ -77,6 +77,13 @@ export interface SessionSettings {
   threads: number;
   graphOptimizationLevel: GraphOptimizationLevel;
   executionMode: ExecutionMode;
+  /**
+   * Whether the intra-op pool's threads spin between operators (onnxruntime's default) instead of blocking.
+   * Off by default here: measured on VGG-16 at 2 threads (BENCHMARKS.md, threads table) blocking ran both
+   * models faster and the compressed one more so (idle: 3.66× → 4.03×; loaded: 2.4–2.6× → 3.1–3.3×), since
+   * a Tucker chain's many short convolutions leave a spinning thread waiting, on a core the other needs.
+   */
+  spinning?: boolean;
 }
 
 export function sessionOptions(settings: SessionSettings): ort.InferenceSession.SessionOptions {
@@ -87,6 +94,7 @@ export function sessionOptions(settings: SessionSettings): ort.InferenceSession.
     graphOptimizationLevel: settings.graphOptimizationLevel,
     executionMode: settings.executionMode,
     logSeverityLevel: 3,
+    ...(settings.spinning ? {} : { extra: { session: { intra_op: { allow_spinning: '0' } } } }),
   };
 }
 

@@ -77,6 +77,8 @@ export interface MeasurementReport {
     interOpNumThreads: 1;
     graphOptimizationLevel: GraphOptimizationLevel;
     executionMode: ExecutionMode;
+    /** session.intra_op.allow_spinning: false unless asked for (timing.ts says why) */
+    intraOpSpinning: boolean;
     cpu: string;
   };
   io: { inputs: IoSignature[]; outputs: IoSignature[] };
@@ -311,6 +313,7 @@ export async function verifyAndMeasure(options: VerifyOptions): Promise<Measurem
         interOpNumThreads: 1,
         graphOptimizationLevel: settings.graphOptimizationLevel,
         executionMode: settings.executionMode,
+        intraOpSpinning: settings.spinning === true,
         cpu: os.cpus()[0]?.model.trim() ?? 'unknown',
       },
       io: { inputs, outputs },
