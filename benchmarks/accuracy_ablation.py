@@ -65,7 +65,7 @@ LABELS = {
     "aligned": "+ all of it, ranks aligned to the host's channel block (a service job's default)",
     "paper": "paper's method (every layer at EVBMF's ranks), old recipe",
     "select": "+ layer selection and rank floor, old recipe",
-    "calibrate": "+ layer selection, rank floor and calibration (1,024 images), old recipe",
+    "calibrate": "+ layer selection, rank floor and calibration (1,024 images), the fine-tuning defaults (no candidate beat them)",
     "recipe": "+ all of it and the recipe (engine defaults)",
 }
 
@@ -192,7 +192,7 @@ def render(records: list[dict], command: str) -> str:
         "own stage functions; top-1 on all 10,000 Fashion-MNIST test images before fine-tuning, after ¼ epoch (the "
         "same run's held-out check at step 234, so the learning rate is not yet annealed) and after the epoch. "
         "Mean ± sample standard deviation over the seeds shown (seed = data order, calibration subset). "
-        f"CPU: {'; '.join(sorted({r.get('cpu', 'not recorded') for r in records}))} (1-minute load average "
+        f"CPU: {'; '.join(sorted({r['cpu'] for r in records if 'cpu' in r}) or ['not recorded'])} (1-minute load average "
         f"{min(loads):.1f}–{max(loads):.1f} at run starts/ends), torch with {records[0]['threads']} thread(s); runs "
         f"from {min(r['date'] for r in records)} to {max(r['date'] for r in records)}. FT time and images/s count "
         "the training steps only; at load averages above 2 they measure the machine's other work as well.",
