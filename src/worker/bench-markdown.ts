@@ -152,7 +152,11 @@ function latencyLoopLines(results: CaseResult[]): string[] {
       + ` (${round.keptSlow.length} layer(s) kept as slower, ${(round.structures ?? []).length} given a Tucker-1 structure by the clock)`).join('; ');
     lines.push(`The latency row of ${c.benchCase.model} went through the worker's own loop (planForLatency, as a \`rule: latency\` job does): `
       + `target latency ratio ${num(l.targetLatency, 3)}, ${l.rounds.length} round(s) of candidates timed in onnxruntime-node: ${rounds}; `
-      + `${l.converged ? 'converged' : 'did not converge'} in ${num(l.seconds, 1)} s before the compression itself.${l.note ? ` ${l.note}.` : ''}`, '');
+      + `${l.converged ? 'converged' : 'did not converge'}`
+      // planForLatency reuses a finished loop's result.json in the same work dir (as a retried job does); a
+      // loop that times a network takes seconds, so well under one means the timings are that earlier run's.
+      + (l.seconds < 1 ? '; its timings are an earlier run\'s in the same work dir, reused' : ` in ${num(l.seconds, 1)} s before the compression itself`)
+      + `.${l.note ? ` ${l.note}.` : ''}`, '');
   }
   return lines;
 }
