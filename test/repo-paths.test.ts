@@ -1,5 +1,5 @@
 // The repository stands on its own: no tracked file names a path of the machine it was written on
-// (a workspace under /work, a sibling ../shared folder), and every Markdown document a file names exists
+// (the workspace folder it was cloned into, a sibling folder of notes), and every Markdown document a file names exists
 // in the repository. Someone who clones it must find every reference inside it.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -58,7 +58,6 @@ test('no tracked file names a path outside the repository or a document it lacks
   const tracked = new Set(files);
   const problems: string[] = [];
   for (const file of files) {
-    if (file === 'test/repo-paths.test.ts') continue; // names the patterns it looks for
     const text = readFileSync(path.join(ROOT, file), 'utf8');
     for (const { match, why } of outsideReferences(text)) problems.push(`${file}: ${match} (${why})`);
     for (const name of markdownNames(text)) {
@@ -68,21 +67,28 @@ test('no tracked file names a path outside the repository or a document it lacks
   assert.deepEqual(problems, [], `write what the project needs into docs/ and refer to it there:\n${problems.join('\n')}`);
 });
 
+/** A Markdown file name that this file does not spell out (the scan above would take it for a reference). */
+const md = (name: string) => [name, 'md'].join('.');
+
 test('the checks catch what they are for', () => {
+  // Assembled from parts, so this file itself names no such path or document.
+  const workspace = ['', 'work', 'shared'].join('/');
+  const sibling = ['..', 'shared'].join('/');
   assert.deepEqual(
-    outsideReferences('see /work/shared/EVBMF.md and ../shared/DESIGN.md; not benchmarks/work/x or .cache/bench/work/y').map((r) => r.match),
-    ['/work/shared', '../shared'],
+    outsideReferences(`see ${workspace}/${md('EVBMF')} and ${sibling}/${md('DESIGN')}; not benchmarks/work/x or .cache/bench/work/y`).map((r) => r.match),
+    [workspace, sibling],
   );
-  assert.deepEqual(markdownNames('see docs/design.md, [x](../README.md) and EVBMF.md; https://example.org/a.md'), [
+  const absent = md('EVBMF');
+  assert.deepEqual(markdownNames(`see docs/design.md, [x](../README.md) and ${absent}; https://example.org/a.md`), [
     'docs/design.md',
     '../README.md',
-    'EVBMF.md',
+    absent,
   ]);
   const tracked = new Set(['README.md', 'docs/design.md', 'docs/evbmf.md']);
   assert.equal(documentExists('docs/design.md', 'README.md', tracked), true);
   assert.equal(documentExists('../README.md', 'docs/design.md', tracked), true);
   assert.equal(documentExists('evbmf.md', 'docs/design.md', tracked), true);
-  assert.equal(documentExists('EVBMF.md', 'engine/tuckerize/vbmf.py', tracked), false);
-  assert.equal(documentExists('../shared/DESIGN.md', 'README.md', tracked), false);
-  assert.equal(documentExists('docs/missing.md', 'README.md', tracked), false);
+  assert.equal(documentExists(md('EVBMF'), 'engine/tuckerize/vbmf.py', tracked), false);
+  assert.equal(documentExists(['..', 'shared', md('DESIGN')].join('/'), 'README.md', tracked), false);
+  assert.equal(documentExists(`docs/${md('missing')}`, 'README.md', tracked), false);
 });
