@@ -197,23 +197,29 @@ def tucker2(W: torch.Tensor, r_out: int, r_in: int, n_iter: int = 2) -> Tucker2:
     )
 
 
+def _single_mode(W: torch.Tensor, mode: int, rank: int, fn: str, name: str):
+    """Truncated SVD of one mode's unfolding (optimal for a one-mode Tucker, Eckart–Young, no iteration):
+    (U (dim, rank), core with that mode reduced to `rank`, relative error), core and error in the work dtype."""
+    _check_kernel(W, fn)
+    rank = _check_rank(fn, name, rank, W.shape[mode])
+    X = W.detach().to(_work_dtype(W))
+    U = _leading_left_vectors(unfold(X, mode), rank)
+    spec = "tshw,to->oshw" if mode == 0 else "tshw,so->tohw"
+    core = torch.einsum(spec, X, U)
+    approx = torch.einsum("oshw,to->tshw" if mode == 0 else "tohw,so->tshw", core, U)
+    return U, core, _relative_error(X, approx)
+
+
 def tucker1(W: torch.Tensor, r_out: int) -> Tucker1:
     """Tucker-1 on the output mode: kh×kw conv S→r_out, then 1×1 conv r_out→T.
 
     For the stem conv whose S (e.g. 3 RGB channels) is too small for a 1×1 input projection to pay.
-    Truncated SVD of the mode-0 unfolding is optimal here (Eckart–Young), so no iteration is needed.
     """
-    _check_kernel(W, "tucker1")
-    T, S, kh, kw = W.shape
-    r_out = _check_rank("tucker1", "r_out", r_out, T)
-    X = W.detach().to(_work_dtype(W))
-    U_out = _leading_left_vectors(unfold(X, 0), r_out)                      # (T, r_out)
-    core = torch.einsum("tshw,to->oshw", X, U_out)                          # (r_out, S, kh, kw)
-    approx = torch.einsum("oshw,to->tshw", core, U_out)                     # (T, S, kh, kw)
+    U_out, core, error = _single_mode(W, 0, r_out, "tucker1", "r_out")      # U (T, r_out), core (r_out, S, kh, kw)
     return Tucker1(
         core=core.to(W.dtype).contiguous(),
-        last=U_out.reshape(T, r_out, 1, 1).to(W.dtype).contiguous(),
-        rel_error=_relative_error(X, approx),
+        last=U_out.reshape(*U_out.shape, 1, 1).to(W.dtype).contiguous(),
+        rel_error=error,
     )
 
 
@@ -221,19 +227,13 @@ def tucker1_in(W: torch.Tensor, r_in: int) -> Tucker1In:
     """Tucker-1 on the input mode: 1×1 conv S→r_in, then kh×kw conv r_in→T (the layer's geometry and bias).
 
     One node fewer than Tucker-2, and no 1×1 conv writing the full output: the latency rule offers it
-    where the clock prefers it. Truncated SVD of the mode-1 unfolding is optimal (Eckart–Young).
+    where the clock prefers it.
     """
-    _check_kernel(W, "tucker1in")
-    T, S, kh, kw = W.shape
-    r_in = _check_rank("tucker1in", "r_in", r_in, S)
-    X = W.detach().to(_work_dtype(W))
-    U_in = _leading_left_vectors(unfold(X, 1), r_in)                        # (S, r_in)
-    core = torch.einsum("tshw,si->tihw", X, U_in)                           # (T, r_in, kh, kw)
-    approx = torch.einsum("tihw,si->tshw", core, U_in)                      # (T, S, kh, kw)
+    U_in, core, error = _single_mode(W, 1, r_in, "tucker1in", "r_in")       # U (S, r_in), core (T, r_in, kh, kw)
     return Tucker1In(
-        first=U_in.T.reshape(r_in, S, 1, 1).to(W.dtype).contiguous(),
+        first=U_in.T.reshape(U_in.shape[1], U_in.shape[0], 1, 1).to(W.dtype).contiguous(),
         core=core.to(W.dtype).contiguous(),
-        rel_error=_relative_error(X, approx),
+        rel_error=error,
     )
 
 
