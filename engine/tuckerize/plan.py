@@ -31,7 +31,7 @@ from .latency_table import LATENCY_MIN_SPEEDUP, LatencyTable, predict_latency, s
 from .metrics import graph_metrics
 from .onnx_graph import Layer, constant_tensors, find_layers, infer_shapes, read_only_tensor, resolve_input_shapes
 from .ranks import RankCandidate, channel_block, family_ranks, round_rank, solve_budget, weakened_rank
-from .vbmf import evbmf, evbmf_spectrum
+from .vbmf import evbmf, evbmf_spectrum, squared_norm
 
 RULES = ("vbmf", "ratio", "budget", "latency")
 METHODS = ("improved", "paper")
@@ -272,7 +272,7 @@ def _evbmf_layer(layer: Layer, matrices: dict[str, torch.Tensor], timings: Optio
             # Re-running the σ² search on the same spectrum measures its share of evbmf's time.
             start = time.perf_counter()
             L, M = matrix.shape
-            energy = float(torch.linalg.vector_norm(matrix.reshape(-1), dtype=torch.float64)) ** 2
+            energy = squared_norm(matrix)
             residual = max(energy - float(np.sum(result.singular_values ** 2)), 0.0) \
                 if result.singular_values.size < min(L, M) else 0.0
             evbmf_spectrum(result.singular_values, L, M, residual, name=label)

@@ -104,10 +104,11 @@ def _factored_relative_error(X: torch.Tensor, second: torch.Tensor, first: torch
 
 
 def _all_finite(t: torch.Tensor) -> bool:
-    """No NaN/Inf entry. A float64 sum is finite exactly when every entry is (NaN and ±Inf propagate),
-    unless it overflows, which only float64 entries near 1e308 can make it do: then check entrywise.
-    One streaming pass instead of a 100M-entry boolean tensor for fc6."""
-    if bool(torch.isfinite(t.sum(dtype=torch.float64))):
+    """No NaN/Inf entry. A sum in the tensor's own dtype is finite only when every entry is (NaN and ±Inf
+    propagate); a non-finite sum may also be an overflow of finite entries, so then check entrywise.
+    One streaming pass (0.02 s on fc6's 100M entries) instead of a boolean tensor or a float64 sum,
+    which torch computes through a converted copy (2.2-2.8 s on fc6 here)."""
+    if bool(torch.isfinite(t.sum())):
         return True
     return bool(torch.isfinite(t).all())
 
