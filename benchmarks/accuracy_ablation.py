@@ -59,6 +59,23 @@ CONFIGS = {
     "aligned": {"method": "improved", "calibration": 1024, "finetune": {}, "target": "host"},
     "cal-feat1-lr0.02": {"method": "improved", "calibration": 1024,
                          "finetune": dict(OLD_RECIPE, featureWeight=1.0, lr=0.02)},
+    # Second round of candidates (screened on a GPU, the promising ones repeated on the CPU): what one epoch
+    # can still gain from more calibration images, other batch sizes and loss settings; "epochs" rows show
+    # how far more training would go (beyond the goal's one epoch: what limits it).
+    "cal4096": {"method": "improved", "calibration": 4096, "finetune": {}},
+    "bs32": {"method": "improved", "calibration": 1024, "finetune": {"batchSize": 32}},
+    "bs32-lr0.005": {"method": "improved", "calibration": 1024, "finetune": {"batchSize": 32, "lr": 0.005}},
+    "bs128-lr0.02": {"method": "improved", "calibration": 1024, "finetune": {"batchSize": 128, "lr": 0.02}},
+    "alpha1": {"method": "improved", "calibration": 1024, "finetune": {"alpha": 1.0}},
+    "wd0": {"method": "improved", "calibration": 1024, "finetune": {"weightDecay": 0.0}},
+    "warmup0": {"method": "improved", "calibration": 1024, "finetune": {"warmupSteps": 0}},
+    "clip1": {"method": "improved", "calibration": 1024, "finetune": {"clipGradNorm": 1.0}},
+    "T8": {"method": "improved", "calibration": 1024, "finetune": {"temperature": 8.0}},
+    "epochs2": {"method": "improved", "calibration": 1024, "finetune": {}, "epochs": 2},
+    "epochs4": {"method": "improved", "calibration": 1024, "finetune": {}, "epochs": 4},
+    "budget4x-cal4096": {"method": "improved", "calibration": 4096, "finetune": {}, "rule": "budget",
+                         "targetMacs": 0.25},
+    "cal4096-bs32": {"method": "improved", "calibration": 4096, "finetune": {"batchSize": 32}},
 }
 LABELS = {
     "budget4x": "the same at exactly 4× fewer MACs (`{\"rule\": \"budget\", \"targetMacs\": 0.25}`), engine defaults",
@@ -80,6 +97,12 @@ def cpu_model() -> str:
     return f"{name}, {os.cpu_count()} cores"
 
 
+def _device_name() -> str:
+    """What fine-tuning ran on (the engine takes the first CUDA device when there is one)."""
+    from tuckerize.device import device_name
+    return device_name()
+
+
 def run_one(net: str, config: str, seed: int, threads: int, epochs: float, scratch: Path) -> dict:
     """One row's run; epochs 0 stops before fine-tuning (the model is only evaluated)."""
     import onnx
@@ -91,6 +114,7 @@ def run_one(net: str, config: str, seed: int, threads: int, epochs: float, scrat
     from tuckerize.surgery import rewrite
 
     settings = CONFIGS[config]
+    epochs = settings.get("epochs", epochs)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     original = onnx.load(str(ROOT / "assets" / "models" / f"{net}.onnx"))
@@ -111,7 +135,7 @@ def run_one(net: str, config: str, seed: int, threads: int, epochs: float, scrat
         job = {"jobId": f"ablation-{net}-{config}", "dataset": DATASET, "threads": threads, "seed": seed,
                "options": {"rule": "vbmf", "finetune": {"evalSamples": 10000}}}
         accuracy = evaluate_stage(job, original, compressed, lambda event: None)
-        return {"net": net, "config": config, "seed": seed, "date": utc_now(), "cpu": cpu_model(), "threads": threads,
+        return {"net": net, "config": config, "seed": seed, "date": utc_now(), "cpu": cpu_model(), "device": _device_name(), "threads": threads,
                 "epochs": 0,
                 "settings": settings, "loadAverage": {"start": load_start, "end": os.getloadavg()},
                 "macs": plan.totals["macs"], "params": plan.totals["params"],
@@ -132,8 +156,8 @@ def run_one(net: str, config: str, seed: int, threads: int, epochs: float, scrat
     accuracy, ft = sections["accuracy"], sections["finetune"]
     quarter = next((h["heldout"] for h in ft["history"] if abs(h["epoch"] - 0.25) < 0.01), None)
     return {
-        "net": net, "config": config, "seed": seed, "date": utc_now(), "cpu": cpu_model(), "threads": threads,
-        "epochs": epochs,
+        "net": net, "config": config, "seed": seed, "date": utc_now(), "cpu": cpu_model(), "device": _device_name(),
+        "threads": threads, "epochs": epochs,
         "settings": settings, "loadAverage": {"start": load_start, "end": os.getloadavg()},
         "macs": plan.totals["macs"], "params": plan.totals["params"],
         "kept": [e.name for e in plan.layers if e.kind == "keep" and e.reason],
@@ -141,6 +165,7 @@ def run_one(net: str, config: str, seed: int, threads: int, epochs: float, scrat
         "original": accuracy["original"], "beforeFinetune": accuracy["compressed"], "quarter": quarter,
         "finetuned": accuracy["finetuned"],
         "finetune": {k: ft.get(k) for k in ("steps", "batchSize", "wallSeconds", "imagesPerSecond", "loss", "options")},
+        "curve": [{"epoch": h["epoch"], "top1": h["heldout"]["top1"]} for h in ft["history"] if h.get("heldout")],
     }
 
 

@@ -267,13 +267,21 @@ def _copy_without(message, skip: set[str]):
     for field, value in message.ListFields():
         if field.name in skip:
             continue
-        if field.label == field.LABEL_REPEATED:
+        if _is_repeated(field):
             getattr(copy, field.name).extend(value)
         elif field.type == field.TYPE_MESSAGE:
             getattr(copy, field.name).CopyFrom(value)
         else:
             setattr(copy, field.name, value)
     return copy
+
+
+def _is_repeated(field) -> bool:
+    """protobuf >= 5.28 (upb) has FieldDescriptor.is_repeated and, from 6, no `label`; older ones only `label`."""
+    repeated = getattr(field, "is_repeated", None)
+    if repeated is None:
+        return field.label == field.LABEL_REPEATED
+    return bool(repeated() if callable(repeated) else repeated)
 
 
 def _drop_dead_constants(graph) -> None:
