@@ -76,6 +76,11 @@ CONFIGS = {
     "budget4x-cal4096": {"method": "improved", "calibration": 4096, "finetune": {}, "rule": "budget",
                          "targetMacs": 0.25},
     "cal4096-bs32": {"method": "improved", "calibration": 4096, "finetune": {"batchSize": 32}},
+    "budget4x-wd0": {"method": "improved", "calibration": 1024, "finetune": {"weightDecay": 0.0}, "rule": "budget",
+                     "targetMacs": 0.25},
+    "budget4x-epochs4": {"method": "improved", "calibration": 1024, "finetune": {}, "rule": "budget",
+                         "targetMacs": 0.25, "epochs": 4},
+    "wd0-bs32": {"method": "improved", "calibration": 1024, "finetune": {"weightDecay": 0.0, "batchSize": 32}},
 }
 LABELS = {
     "budget4x": "the same at exactly 4× fewer MACs (`{\"rule\": \"budget\", \"targetMacs\": 0.25}`), engine defaults",
