@@ -81,6 +81,11 @@ CONFIGS = {
                      "targetMacs": 0.25},
     "budget4x-epochs4": {"method": "improved", "calibration": 1024, "finetune": {}, "rule": "budget",
                          "targetMacs": 0.25, "epochs": 4},
+    # Ranks re-allocated by the layers' response energy on the calibration images (energy_allocation.py), at
+    # the base plan's MACs and at exactly 4x fewer.
+    "energy": {"method": "improved", "calibration": 1024, "finetune": {}, "allocation": "energy"},
+    "energy4x": {"method": "improved", "calibration": 1024, "finetune": {}, "allocation": "energy",
+                 "allocationMacs": 0.25},
     "wd0-bs32": {"method": "improved", "calibration": 1024, "finetune": {"weightDecay": 0.0, "batchSize": 32}},
 }
 LABELS = {
@@ -128,6 +133,10 @@ def run_one(net: str, config: str, seed: int, threads: int, epochs: float, scrat
     # Ranks exactly as EVBMF gives them (no channel-block rounding), so rows differ only by the method.
     plan = make_plan(original, [1, 1, 28, 28], rule=settings.get("rule", "vbmf"), method=settings["method"],
                      target=settings.get("target", {"block": 1}), target_macs=settings.get("targetMacs"))
+    if settings.get("allocation") == "energy":
+        from energy_allocation import energy_plan
+        images = calibration_images(DATASET, [1, 1, 28, 28], settings["calibration"], seed)
+        plan = energy_plan(original, plan, images, settings.get("allocationMacs") or plan.totals["macs"]["ratio"])
     compressed = rewrite(original, plan).model
     calibration = None
     if settings["calibration"]:
