@@ -155,3 +155,12 @@ def test_mobilenet_v2_depthwise_convs_are_kept_with_a_reason(opset, zoo_path):
     assert all(not layer.eligible and layer.reason.startswith("depthwise conv") for layer in depthwise)
     others = [layer for layer in layers if layer.group == 1]
     assert others and all(layer.eligible for layer in others), [l.reason for l in others if not l.eligible]
+
+
+def test_load_model_reads_the_same_model_as_onnx_load(tmp_path):
+    """load_model parses from a mapping of the file: the result is the model onnx.load reads, weights included."""
+    rng = np.random.default_rng(1)
+    model = conv_model(rng.standard_normal((8, 4, 3, 3)).astype(np.float32), (8, 8))
+    model.producer_name = "mapped-load-test"
+    path = _save(model, tmp_path / "model.onnx")
+    assert load_model(path).SerializeToString() == onnx.load(str(path)).SerializeToString()

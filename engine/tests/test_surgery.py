@@ -163,6 +163,27 @@ def test_names_are_derived_unique_and_opset_ir_kept():
     assert "W__tucker_first" not in [i for n in result.graph.node for i in n.input]
 
 
+def test_model_fields_stay_and_replaced_weights_leave_no_declarations():
+    """The rewrite copies everything but the nodes and the weights: model metadata stays; under IR 3 the
+    replaced weight's graph-input declaration and value_info go with it, the new factors are declared."""
+    rng = np.random.default_rng(2)
+    model = conv_model(rng.standard_normal((8, 6, 3, 3)), (7, 7), rng.standard_normal(8), opset=8, pads=[1, 1, 1, 1])
+    model.ir_version = 3
+    model.producer_name, model.doc_string = "fields-test", "kept"
+    onnx.helper.set_model_props(model, {"owner": "tenant-a"})
+    for tensor in model.graph.initializer:
+        model.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    model.graph.value_info.append(helper.make_tensor_value_info("W", onnx.TensorProto.DOUBLE, [8, 6, 3, 3]))
+    result = apply_plan(model, _full_rank(model))
+    assert (result.producer_name, result.doc_string) == ("fields-test", "kept")
+    assert {p.key: p.value for p in result.metadata_props} == {"owner": "tenant-a"}
+    declared = [v.name for v in result.graph.input]
+    assert "W" not in declared and "W" not in [v.name for v in result.graph.value_info]
+    assert {t.name for t in result.graph.initializer} <= set(declared)
+    x = rng.standard_normal((1, 6, 7, 7))
+    np.testing.assert_allclose(_run(result, x).numpy(), _run(model, x).numpy(), rtol=0, atol=1e-10)
+
+
 def test_identity_aliased_weight_and_shared_bias():
     """torch.onnx.export puts deduplicated constants behind Identity nodes; rewrites follow them."""
     rng = np.random.default_rng(5)

@@ -413,3 +413,21 @@ def test_bad_sigma2_h_and_spectrum():
         evbmf_spectrum(np.array([1.0, -1.0]), 2, 10)
     with pytest.raises(EngineInputError, match="residual"):
         evbmf_spectrum(np.array([2.0, 1.0]), 3, 10, residual=-5.0)
+
+
+def test_squared_norm_in_float32_blocks_matches_float64():
+    """Blocks summed in float32 stay within 1e-6 of the float64 sum, also for offset and wide-ranging entries;
+    entries whose float32 squares overflow are redone in float64, and NaN still shows as non-finite."""
+    from tuckerize.vbmf import squared_norm
+
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(700, 3000, generator=generator)
+    for matrix in (base, base + 100.0, base * torch.logspace(-3, 3, 3000)):
+        exact = float((matrix.double() ** 2).sum())
+        assert abs(squared_norm(matrix) - exact) <= 1e-6 * exact
+    huge = torch.full((4, 5), 1e20, dtype=torch.float32)
+    assert math.isclose(squared_norm(huge), 20 * float(torch.tensor(1e20, dtype=torch.float32).double()) ** 2,
+                        rel_tol=1e-6)
+    broken = base.clone()
+    broken[3, 4] = float("nan")
+    assert not math.isfinite(squared_norm(broken))
