@@ -81,7 +81,7 @@ CONFIGS = {
                      "targetMacs": 0.25},
     "budget4x-epochs4": {"method": "improved", "calibration": 1024, "finetune": {}, "rule": "budget",
                          "targetMacs": 0.25, "epochs": 4},
-    # Ranks re-allocated by the layers' response energy on the calibration images (energy_allocation.py), at
+    # Ranks re-allocated by the layers' response energy on the calibration images (tuckerize/allocate.py), at
     # the base plan's MACs and at exactly 4x fewer.
     "energy": {"method": "improved", "calibration": 1024, "finetune": {}, "allocation": "energy"},
     "energy4x": {"method": "improved", "calibration": 1024, "finetune": {}, "allocation": "energy",
@@ -134,9 +134,14 @@ def run_one(net: str, config: str, seed: int, threads: int, epochs: float, scrat
     plan = make_plan(original, [1, 1, 28, 28], rule=settings.get("rule", "vbmf"), method=settings["method"],
                      target=settings.get("target", {"block": 1}), target_macs=settings.get("targetMacs"))
     if settings.get("allocation") == "energy":
-        from energy_allocation import energy_plan
+        # What a job with images does (run._allocate), here without channel-block rounding; allocationMacs
+        # moves the budget from the plan's own MACs to that share of the original's.
+        from tuckerize.allocate import allocate_by_energy
         images = calibration_images(DATASET, [1, 1, 28, 28], settings["calibration"], seed)
-        plan = energy_plan(original, plan, images, settings.get("allocationMacs") or plan.totals["macs"]["ratio"])
+        if settings.get("allocationMacs"):
+            macs = dict(plan.totals["macs"], after=int(settings["allocationMacs"] * plan.totals["macs"]["before"]))
+            plan.totals = dict(plan.totals, macs=macs)
+        plan = allocate_by_energy(original, plan, images)
     compressed = rewrite(original, plan).model
     calibration = None
     if settings["calibration"]:

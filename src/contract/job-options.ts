@@ -88,16 +88,17 @@ const clientFields = {
   method: z
     .enum(['improved', 'paper'])
     .optional()
-    .describe('improved (default): layer selection, rank floor 8, calibration with a dataset; paper: Kim et al. '
-      + '2016 exactly (every eligible layer at the rule\'s ranks, no rank rounding, no calibration)'),
+    .describe('improved (default): layer selection, rank floor 8, and with a dataset the ranks re-allocated by '
+      + 'the layers\' response energy within the plan\'s MACs (rules vbmf and budget) and calibration; paper: Kim '
+      + 'et al. 2016 exactly (every eligible layer at the rule\'s ranks, no rank rounding, no calibration)'),
   calibrationSamples: z
     .number()
     .int('calibrationSamples must be a whole number')
     .min(0, 'calibrationSamples must be ≥ 0 (0 turns calibration off)')
     .max(60000)
     .optional()
-    .describe('training images (labels not needed) used to calibrate the rewritten layers before fine-tuning; '
-      + 'default 1024 with a dataset and method improved, 0 = off'),
+    .describe('training images (labels not needed) used to re-allocate the ranks (rules vbmf and budget) and to '
+      + 'calibrate the rewritten layers before fine-tuning; default 1024 with a dataset and method improved, 0 = off'),
   maxAccuracyDrop: z
     .number({ error: 'maxAccuracyDrop must be a number' })
     .gt(0, 'maxAccuracyDrop must be > 0')
