@@ -86,9 +86,18 @@ CONFIGS = {
     "energy": {"method": "improved", "calibration": 1024, "finetune": {}, "allocation": "energy"},
     "energy4x": {"method": "improved", "calibration": 1024, "finetune": {}, "allocation": "energy",
                  "allocationMacs": 0.25},
+    # The first version: the MACs budget alone (weights may grow), measured before the weights budget.
+    "energy-macs-only": {"method": "improved", "calibration": 1024, "finetune": {}, "allocation": "energy",
+                         "weightsBudget": False},
+    "energy4x-macs-only": {"method": "improved", "calibration": 1024, "finetune": {}, "allocation": "energy",
+                           "allocationMacs": 0.25, "weightsBudget": False},
     "wd0-bs32": {"method": "improved", "calibration": 1024, "finetune": {"weightDecay": 0.0, "batchSize": 32}},
 }
 LABELS = {
+    "energy": "+ all of it, ranks re-allocated by response energy within EVBMF's MACs and weights (what a job with images now does)",
+    "energy4x": "the same, re-allocated at exactly 4× fewer MACs (weights within the base plan's)",
+    "energy-macs-only": "+ all of it, ranks re-allocated by response energy within EVBMF's MACs only (weights may grow)",
+    "energy4x-macs-only": "the same, MACs only, at exactly 4× fewer MACs",
     "budget4x": "the same at exactly 4× fewer MACs (`{\"rule\": \"budget\", \"targetMacs\": 0.25}`), engine defaults",
     "aligned": "+ all of it, ranks aligned to the host's channel block (a service job's default)",
     "paper": "paper's method (every layer at EVBMF's ranks), old recipe",
@@ -141,7 +150,7 @@ def run_one(net: str, config: str, seed: int, threads: int, epochs: float, scrat
         if settings.get("allocationMacs"):
             macs = dict(plan.totals["macs"], after=int(settings["allocationMacs"] * plan.totals["macs"]["before"]))
             plan.totals = dict(plan.totals, macs=macs)
-        plan = allocate_by_energy(original, plan, images)
+        plan = allocate_by_energy(original, plan, images, weights_budget=settings.get("weightsBudget", True))
     compressed = rewrite(original, plan).model
     calibration = None
     if settings["calibration"]:

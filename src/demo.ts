@@ -35,6 +35,8 @@ const DemoEnvSchema = z.object({
   DEMO_MODEL: z.enum(['fmnist-vgg', 'fmnist-resnet']).default('fmnist-vgg'),
   DEMO_STEPS: z.coerce.number().int().positive().optional(),
   DEMO_EVAL_IMAGES: z.coerce.number().int().positive().optional(),
+  // A MACs budget (after/before, e.g. 0.25 for exactly 4× fewer): the budget rule instead of EVBMF's own ranks.
+  DEMO_TARGET_MACS: z.coerce.number().gt(0).lte(1).optional(),
   DEMO_ADMIN_DATABASE_URL: z.string().default('postgresql://postgres@127.0.0.1:5432/postgres'),
   REDIS_URL: z.string().default('redis://127.0.0.1:6379'),
 });
@@ -135,13 +137,13 @@ async function chooseModel(env: DemoEnv, rawEnv: NodeJS.ProcessEnv, dataDir: str
         datasetId: 'builtin:fashion-mnist',
         // One epoch of distillation (plus cross-entropy on the labels) recovers most of the accuracy (the paper).
         options: {
-          rule: 'vbmf',
+          ...(env.DEMO_TARGET_MACS ? { rule: 'budget', targetMacs: env.DEMO_TARGET_MACS } : { rule: 'vbmf' }),
           // Quick runs calibrate on 256 images instead of the default 1,024 (calibration time is linear in it).
           ...(quick ? { calibrationSamples: 256 } : {}),
           finetune: { distill: true, ...(steps ? { steps } : { epochs: 1 }), ...(quick ? { batchSize: 32 } : {}) },
         },
       },
-      note: `${env.DEMO_MODEL} (trained reference net), EVBMF ranks, fine-tuning ${steps ? `${steps} steps` : '1 epoch'} on Fashion-MNIST`,
+      note: `${env.DEMO_MODEL} (trained reference net), ${env.DEMO_TARGET_MACS ? `budget rule at ${env.DEMO_TARGET_MACS} of the MACs` : 'EVBMF ranks'}, fine-tuning ${steps ? `${steps} steps` : '1 epoch'} on Fashion-MNIST`,
       fashionMnist: true,
     };
   }

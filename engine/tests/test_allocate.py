@@ -51,6 +51,7 @@ def test_allocation_keeps_the_plans_macs_bounds_and_block(multiple):
     images = torch.randn(96, 1, 28, 28)
     allocated = allocate_by_energy(model, base, images, multiple)
     assert allocated.totals["macs"]["after"] <= base.totals["macs"]["after"]
+    assert allocated.totals["params"]["after"] <= base.totals["params"]["after"]
     layers = {layer.name: layer for layer in find_layers(model)}
     for entry in allocated.rewritten():
         bounds = rank_bounds(entry.kind, layers[entry.name])
