@@ -295,7 +295,7 @@ def render_screen(records: list[dict], command: str) -> str:
         f"Rows written by `{command}`. Same driver and pipeline as the table above (plan and calibration on the CPU, "
         f"then fine-tuning and evaluation on {', '.join(devices)}: a {len(records)}-run screen that fits a few "
         "minutes of a lent GPU; the CPU rows above stay the measured figures). The GPU's own run-to-run spread at "
-        "one configuration (`recipe`, seeds 0–2) is shown: differences below ~0.2 points are noise. Curves: "
+        "one configuration (`recipe`, seeds 0–2) is shown, and seeds at one setting differ by up to 0.36 points. Curves: "
         "top-1 on all 10,000 test images; rows with `epochs` train longer than the goal's one epoch, to show what "
         "more training would reach.",
         "",
