@@ -46,16 +46,26 @@ def _rows(tensor: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return tensor.reshape(-1, tensor.shape[-1])
 
 
+# Float32 values of all tapped tensors together per forward pass: the batch shrinks to keep them (and the
+# pass's other activations, about as many) near 0.5 GB; VGG-16 at 224 taps ~30 M values per image.
+_TAP_VALUES = 1 << 27
+
+
+def _per_image(shape) -> int:
+    """Values of one image's slice of a tensor of this shape (unknown dims count as 1)."""
+    return math.prod(int(d) for d in (shape or [1])[1:] if isinstance(d, int) and d > 0)
+
+
 @torch.no_grad()
 def _moments(model: onnx.ModelProto, names: list[str], channels_last: dict[str, bool],
-             images: torch.Tensor) -> dict[str, tuple]:
+             images: torch.Tensor, batch: int = BATCH) -> dict[str, tuple]:
     """Per tensor: (E[v vᵀ], E[v]) over every position of every image, v its channel vector, float64."""
     module = OnnxModule(tap_model(model, names)).eval()
     second: dict[str, torch.Tensor] = {}
     first: dict[str, torch.Tensor] = {}
     count: dict[str, int] = {}
-    for start in range(0, images.shape[0], BATCH):
-        outputs = module(images[start:start + BATCH])
+    for start in range(0, images.shape[0], batch):
+        outputs = module(images[start:start + batch])
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         for name, value in zip(names, outputs):
             rows = _rows(value.double(), channels_last[name])
@@ -79,12 +89,14 @@ def energy_curves(original: onnx.ModelProto, plan: Plan, images: torch.Tensor) -
     layers = {layer.name: layer for layer in find_layers(original, plan.input_shape)}
     constants = constant_tensors(original)
     entries = plan.rewritten()
-    channels_last = {}
+    channels_last, values = {}, {}
     for e in entries:
-        node = nodes[e.name]
-        for tensor in (node.input[0], node.output[0]):
-            channels_last[tensor] = layers[e.name].op != "Conv"
-    moments = _moments(original, sorted(channels_last), channels_last, images)
+        node, layer = nodes[e.name], layers[e.name]
+        for tensor, shape in ((node.input[0], layer.input_shape), (node.output[0], layer.output_shape)):
+            channels_last[tensor] = layer.op != "Conv"
+            values[tensor] = _per_image(shape)
+    batch = max(1, min(BATCH, _TAP_VALUES // max(1, sum(values.values()))))
+    moments = _moments(original, sorted(channels_last), channels_last, images, batch)
     curves: dict[str, dict[str, np.ndarray]] = {}
     for entry in entries:
         node, layer = nodes[entry.name], layers[entry.name]
