@@ -95,9 +95,9 @@ CONFIGS = {
 }
 LABELS = {
     "energy": "+ all of it, ranks re-allocated by response energy within EVBMF's MACs and weights (what a job with images now does)",
-    "energy4x": "the same, re-allocated at exactly 4× fewer MACs (weights within the base plan's)",
+    "energy4x": "ranks re-allocated by response energy at exactly 4× fewer MACs, weights within the base plan's (the engine's allocation)",
     "energy-macs-only": "+ all of it, ranks re-allocated by response energy within EVBMF's MACs only (weights may grow)",
-    "energy4x-macs-only": "the same, MACs only, at exactly 4× fewer MACs",
+    "energy4x-macs-only": "ranks re-allocated by response energy at exactly 4× fewer MACs, MACs budget only (first version)",
     "budget4x": "the same at exactly 4× fewer MACs (`{\"rule\": \"budget\", \"targetMacs\": 0.25}`), engine defaults",
     "aligned": "+ all of it, ranks aligned to the host's channel block (a service job's default)",
     "paper": "paper's method (every layer at EVBMF's ranks), old recipe",
@@ -236,6 +236,7 @@ def render(records: list[dict], command: str) -> str:
     configs = [c + suffix for c in CONFIGS for suffix in (LAST_FACTOR_ONLY, "")
                if any(key[1] == c + suffix for key in groups)]
     loads = [v[0] for r in records for v in r["loadAverage"].values()]
+    threads = " or ".join(str(t) for t in sorted({r["threads"] for r in records}))
     lines = [
         "## Accuracy at ≥ 4× fewer MACs: ablation (issue 10)",
         "",
@@ -247,7 +248,7 @@ def render(records: list[dict], command: str) -> str:
         "same run's held-out check at step 234, so the learning rate is not yet annealed) and after the epoch. "
         "Mean ± sample standard deviation over the seeds shown (seed = data order, calibration subset). "
         f"CPU: {'; '.join(sorted({r['cpu'] for r in records if 'cpu' in r}) or ['not recorded'])} (1-minute load average "
-        f"{min(loads):.1f}–{max(loads):.1f} at run starts/ends), torch with {records[0]['threads']} thread(s); runs "
+        f"{min(loads):.1f}–{max(loads):.1f} at run starts/ends), torch with {threads} thread(s) (each run's count is in its record); runs "
         f"from {min(r['date'] for r in records)} to {max(r['date'] for r in records)}. FT time and images/s count "
         "the training steps only; at load averages above 2 they measure the machine's other work as well.",
         "",

@@ -124,7 +124,10 @@ test('targetLatency: rounds of candidates, timing and prediction give the job it
   // steps can hit (0.258 here: the last test shows that move on its own).
   assert.ok(Math.abs(result.rounds[0]!.targetMacs - 0.25) < 0.02, `round 1 targetMacs ${result.rounds[0]!.targetMacs}`);
   for (const r of result.rounds) {
-    assert.equal(r.timedLayers, 2);
+    // Round 1's budget rewrites both convs; a later round's MACs target comes from the clock, and the budget
+    // plan at it may keep one of them (seen on a loaded machine), so it times one or both.
+    if (r.round === 1) assert.equal(r.timedLayers, 2);
+    else assert.ok(r.timedLayers >= 1 && r.timedLayers <= 2, `round ${r.round} timed ${r.timedLayers} layers`);
     assert.ok(r.predictedRatio !== null && r.predictedRatio > 0);
   }
   const chosen = result.rounds.find((r) => r.latencyTable === result.latencyTable)!;
