@@ -75,10 +75,10 @@ test('the checks catch what they are for', () => {
   const workspace = ['', 'work', 'shared'].join('/');
   const sibling = ['..', 'shared'].join('/');
   assert.deepEqual(
-    outsideReferences(`see ${workspace}/${md('EVBMF')} and ${sibling}/${md('DESIGN')}; not benchmarks/work/x or .cache/bench/work/y`).map((r) => r.match),
+    outsideReferences(`see ${workspace}/${md('NOTES')} and ${sibling}/${md('PLAN')}; not benchmarks/work/x or .cache/bench/work/y`).map((r) => r.match),
     [workspace, sibling],
   );
-  const absent = md('EVBMF');
+  const absent = md('MISSING');
   assert.deepEqual(markdownNames(`see docs/design.md, [x](../README.md) and ${absent}; https://example.org/a.md`), [
     'docs/design.md',
     '../README.md',
@@ -88,7 +88,7 @@ test('the checks catch what they are for', () => {
   assert.equal(documentExists('docs/design.md', 'README.md', tracked), true);
   assert.equal(documentExists('../README.md', 'docs/design.md', tracked), true);
   assert.equal(documentExists('evbmf.md', 'docs/design.md', tracked), true);
-  assert.equal(documentExists(md('EVBMF'), 'engine/tuckerize/vbmf.py', tracked), false);
-  assert.equal(documentExists(['..', 'shared', md('DESIGN')].join('/'), 'README.md', tracked), false);
+  assert.equal(documentExists(md('MISSING'), 'engine/tuckerize/vbmf.py', tracked), false);
+  assert.equal(documentExists(['..', 'shared', md('PLAN')].join('/'), 'README.md', tracked), false);
   assert.equal(documentExists(`docs/${md('missing')}`, 'README.md', tracked), false);
 });
