@@ -142,11 +142,12 @@ def run_one(net: str, config: str, seed: int, threads: int, epochs: float, scrat
     # Ranks exactly as EVBMF gives them (no channel-block rounding), so rows differ only by the method.
     plan = make_plan(original, [1, 1, 28, 28], rule=settings.get("rule", "vbmf"), method=settings["method"],
                      target=settings.get("target", {"block": 1}), target_macs=settings.get("targetMacs"))
+    images = calibration_images(DATASET, [1, 1, 28, 28], settings["calibration"], seed) \
+        if settings["calibration"] else None
     if settings.get("allocation") == "energy":
         # What a job with images does (run._allocate), here without channel-block rounding; allocationMacs
         # moves the budget from the plan's own MACs to that share of the original's.
         from tuckerize.allocate import allocate_by_energy
-        images = calibration_images(DATASET, [1, 1, 28, 28], settings["calibration"], seed)
         if settings.get("allocationMacs"):
             macs = dict(plan.totals["macs"], after=int(settings["allocationMacs"] * plan.totals["macs"]["before"]))
             plan.totals = dict(plan.totals, macs=macs)
@@ -154,7 +155,6 @@ def run_one(net: str, config: str, seed: int, threads: int, epochs: float, scrat
     compressed = rewrite(original, plan).model
     calibration = None
     if settings["calibration"]:
-        images = calibration_images(DATASET, [1, 1, 28, 28], settings["calibration"], seed)
         started = time.perf_counter()
         compressed, report = calibrate(original, compressed, [e.name for e in plan.rewritten()], images)
         calibration = {"samples": report["samples"], "seconds": round(time.perf_counter() - started, 2),

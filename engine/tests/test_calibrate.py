@@ -8,8 +8,8 @@ import torch
 from onnx import helper, numpy_helper
 
 from onnx_builders import make_model, tiny_cnn, to_float64, value
-from tuckerize.calibrate import (calibrate, find_targets, output_error, reestimate_batchnorm, residual,
-                                 solve_factor, tap_model)
+from tuckerize.calibrate import (calibrate, calibration_data, find_targets, output_error, reestimate_batchnorm,
+                                 residual, solve_factor, tap_model)
 from tuckerize.interpret import OnnxModule
 from tuckerize.plan import make_plan
 from tuckerize.surgery import rewrite
@@ -136,3 +136,23 @@ def test_a_damaged_core_is_refit_with_the_last_factor_through_its_strided_geomet
     (layer,) = report["layers"]
     assert layer["core"] is True and layer["relErrorAfter"] < 1e-5 < layer["relErrorBefore"]
     assert output_error(original, calibrated, _images(seed=8)) < 1e-4 * damaged
+
+
+def test_a_jobs_calibration_images_come_from_the_training_part_it_fine_tunes_on(tmp_path):
+    """One load gives the allocation, the calibration and the held-out check their data: the images are drawn
+    (seeded) from the training part the job's own fine-tuning options leave, never from the held-out split."""
+    from test_finetune import write_npz
+    from tuckerize.finetune import parse_options, training_data
+
+    pixels = np.arange(200, dtype=np.float32).reshape(200, 1, 1, 1).repeat(4, axis=2).repeat(4, axis=3)
+    dataset = write_npz(tmp_path / "data.npz", pixels, np.arange(200) % 3)
+    job = {"dataset": dataset, "seed": 5, "options": {"finetune": {"maxSamples": 40, "evalSamples": 10}}}
+    images, heldout = calibration_data(job, [1, 1, 4, 4], 16)
+    train_set, expected_heldout = training_data(dataset, [1, 1, 4, 4], 5, parse_options({"maxSamples": 40,
+                                                                                          "evalSamples": 10}))
+    ids = set(images[:, 0, 0, 0].tolist())
+    assert len(ids) == 16 and ids <= set(train_set.x[:, 0, 0, 0].tolist())
+    assert not ids & set(heldout.x[:, 0, 0, 0].tolist())
+    assert torch.equal(heldout.x, expected_heldout.x) and len(heldout) == 10
+    again, _ = calibration_data(job, [1, 1, 4, 4], 16)
+    assert torch.equal(images, again), "the draw is seeded"

@@ -81,6 +81,9 @@ def test_accuracy_target_returns_the_most_compressed_candidate_within_the_limit_
     assert curve == sorted(curve, key=lambda c: c["macsRatio"]) and {"macsRatio", "accuracy"} <= set(curve[0])
     per_candidate = [e for e in events if e.get("stage") == "plan" and "candidate" in e]
     assert len(per_candidate) == len(search["candidates"]) >= 2
+    # Each candidate is made as a vbmf job's plan is: ranks re-allocated by response energy on the images.
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert plan["rule"] == "budget" and plan["options"]["allocation"]["images"] == 32
 
 
 def test_accuracy_target_says_so_when_no_candidate_meets_the_limit(tmp_path):

@@ -33,10 +33,22 @@ from onnx import numpy_helper
 
 from .calibrate import BATCH, tap_model
 from .interpret import OnnxModule
-from .onnx_graph import constant_tensors, find_layers, node_labels
-from .plan import Plan, _bias_params, layer_costs, rank_bounds
+from .onnx_graph import Layer, constant_tensors, find_layers, node_labels
+from .plan import Plan, bias_size, layer_costs, rank_bounds
 
 ALLOCATION = "response energy (Zhang et al. 2015) within the plan's MACs"
+
+
+def applies(plan: Plan) -> bool:
+    """Whether a job with images re-allocates this plan: method 'improved', rules 'vbmf' and 'budget' (the
+    paper's method and the other rules keep the ranks they were given)."""
+    return plan.options.get("method") == "improved" and plan.rule in ("vbmf", "budget") and bool(plan.rewritten())
+
+
+def _layers_by_name(original: onnx.ModelProto, plan: Plan, layers: Optional[list[Layer]]) -> dict[str, Layer]:
+    """The model's layers as the plan saw them (the caller's list, else found again at the plan's input)."""
+    found = layers if layers is not None else find_layers(original, plan.input_shape)
+    return {layer.name: layer for layer in found}
 
 
 def _rows(tensor: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -83,10 +95,12 @@ def _kept(matrix: torch.Tensor) -> np.ndarray:
     return cumulative / total if total > 0 else np.ones_like(cumulative)
 
 
-def energy_curves(original: onnx.ModelProto, plan: Plan, images: torch.Tensor) -> dict[str, dict[str, np.ndarray]]:
-    """Per rewritten layer of `plan`: the kept-energy curve of each of its ranks ("out", "in")."""
+def energy_curves(original: onnx.ModelProto, plan: Plan, images: torch.Tensor,
+                  layers: Optional[list[Layer]] = None) -> dict[str, dict[str, np.ndarray]]:
+    """Per rewritten layer of `plan`: the kept-energy curve of each of its ranks ("out", "in").
+    layers: the model's layers as the plan was made from them (found again when not given)."""
     nodes = dict(zip(node_labels(original), original.graph.node))
-    layers = {layer.name: layer for layer in find_layers(original, plan.input_shape)}
+    layers = _layers_by_name(original, plan, layers)
     constants = constant_tensors(original)
     entries = plan.rewritten()
     channels_last, values = {}, {}
@@ -130,19 +144,22 @@ def _allowed(bound: int, multiple: int) -> list[int]:
 
 
 def allocate_by_energy(original: onnx.ModelProto, plan: Plan, images: torch.Tensor,
-                       multiple: Optional[int] = None, weights_budget: bool = True) -> Plan:
+                       multiple: Optional[int] = None, weights_budget: bool = True,
+                       layers: Optional[list[Layer]] = None) -> Plan:
     """A copy of `plan` whose rewritten layers' ranks are re-allocated by response energy within the plan's
     own MACs and, with weights_budget, its weights (module docstring); ranks are multiples of `multiple` (or
-    a mode's bound)."""
+    a mode's bound). layers: the model's layers as the plan was made from them (found again when not
+    given)."""
     multiple = max(1, int(multiple or 1))
     result = Plan.from_dict(plan.to_dict())
     entries = result.rewritten()
     if not entries:
         return result
-    curves = energy_curves(original, plan, images)
-    layers = {layer.name: layer for layer in find_layers(original, plan.input_shape)}
+    found = list(_layers_by_name(original, plan, layers).values())
+    curves = energy_curves(original, plan, images, found)
+    layers = {layer.name: layer for layer in found}
     constants = constant_tensors(original)
-    bias = {e.name: _bias_params(layers[e.name], constants) for e in entries}
+    bias = {e.name: bias_size(layers[e.name], constants) for e in entries}
     macs_before = int(plan.totals["macs"]["before"])
     budget = int(plan.totals["macs"]["after"])
     untouched = macs_before - sum(int(e.macs_before) for e in entries)

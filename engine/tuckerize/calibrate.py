@@ -410,32 +410,43 @@ def output_error(reference: onnx.ModelProto, model: onnx.ModelProto, x: torch.Te
     return math.sqrt(num / den) if den > 0 else math.sqrt(num)
 
 
-def calibration_images(spec: str, input_shape: list, samples: int, seed: int) -> torch.Tensor:
-    """`samples` images drawn (seeded) from the job's training part: never the held-out split."""
-    from .finetune import parse_options, training_data
-
-    train_set, _ = training_data(spec, input_shape, seed, parse_options({}))
+def choose_images(train_set, samples: int, seed: int) -> torch.Tensor:
+    """`samples` images of a training set, drawn seeded and kept in the set's order."""
     generator = torch.Generator().manual_seed(seed + 104729)
     chosen = torch.randperm(len(train_set), generator=generator)[:samples].sort().values
     return train_set.x[chosen]
 
 
-def calibrate_stage(job: dict, original: onnx.ModelProto, compressed: onnx.ModelProto, layer_names: list[str],
-                    samples: int, emit: Emit) -> tuple[onnx.ModelProto, dict]:
-    """run.py's calibration stage: the calibrated model and the report's `calibration` section.
+def calibration_images(spec: str, input_shape: list, samples: int, seed: int) -> torch.Tensor:
+    """`samples` images drawn (seeded) from the dataset's training part under the default fine-tuning
+    options: never the held-out split (benchmarks and tests; a job uses `calibration_data`)."""
+    from .finetune import parse_options, training_data
+
+    train_set, _ = training_data(spec, input_shape, seed, parse_options({}))
+    return choose_images(train_set, samples, seed)
+
+
+def calibration_data(job: dict, input_shape: list, samples: int):
+    """(images, held-out set) of a job: `samples` images drawn (seeded) from the training part its
+    fine-tuning options give (never the held-out split), loaded once for the allocation, the
+    calibration and its held-out check."""
+    from .finetune import parse_options, training_data
+
+    options = job.get("options") or {}
+    seed = int(job.get("seed", 0))
+    train_set, heldout = training_data(job["dataset"], input_shape, seed, parse_options(options.get("finetune")))
+    return choose_images(train_set, samples, seed), heldout
+
+
+def calibrate_stage(original: onnx.ModelProto, compressed: onnx.ModelProto, layer_names: list[str],
+                    images: torch.Tensor, heldout, emit: Emit) -> tuple[onnx.ModelProto, dict]:
+    """run.py's calibration stage on the job's `calibration_data`: the calibrated model and the report's
+    `calibration` section.
 
     The section holds the per-layer output errors before/after the refit and the held-out accuracy of
     the rewritten model without and with calibration (both before any fine-tuning).
     """
-    from .finetune import evaluate_logits, model_input_shape, parse_options, predict, training_data
-
-    options = job.get("options") or {}
-    input_shape = model_input_shape(original, options.get("inputShape"))
-    seed = int(job.get("seed", 0))
-    train_set, heldout = training_data(job["dataset"], input_shape, seed, parse_options(options.get("finetune")))
-    generator = torch.Generator().manual_seed(seed + 104729)
-    chosen = torch.randperm(len(train_set), generator=generator)[:samples].sort().values
-    images = train_set.x[chosen]
+    from .finetune import evaluate_logits, predict
 
     def progress(done: int, total: int, name: str) -> None:
         # Calibration completes the rewrite: its events belong to that stage, as the service knows it.

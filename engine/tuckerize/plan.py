@@ -167,7 +167,8 @@ def _rows_per_image(layer: Layer) -> Optional[int]:
     return math.prod(out[1:-1]) if len(out) > 2 else 1
 
 
-def _bias_params(layer: Layer, constants: dict) -> int:
+def bias_size(layer: Layer, constants: dict) -> int:
+    """Entries of the layer's constant bias (0 without one): part of its weights before and after."""
     if layer.bias is None or layer.bias not in constants:
         return 0
     return math.prod(constants[layer.bias].dims)
@@ -479,7 +480,7 @@ def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = Non
 
     candidates: list[Optional[_Candidate]] = []
     for done, layer in enumerate(layers, start=1):
-        bias_params = _bias_params(layer, constants)
+        bias_params = bias_size(layer, constants)
         kind = layer_kind(layer, tucker1_max_in_channels)
         if kind == "keep":
             candidates.append(None)
@@ -502,7 +503,7 @@ def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = Non
         selected = {}
         if improved and rule == "budget":
             # Which layers are not worth rewriting is judged at their EVBMF ranks, before the budget.
-            evbmf_entries = [_base_entry(layer, _bias_params(layer, constants)) if candidate is None
+            evbmf_entries = [_base_entry(layer, bias_size(layer, constants)) if candidate is None
                              else _plan_layer(candidate, "vbmf", None, None, round_to, force, floor)
                              for layer, candidate in zip(layers, candidates)]
             selected = {entry.name: entry.reason for entry in
@@ -536,7 +537,7 @@ def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = Non
         options["achievedStrength"] = achieved_strength
         options["roundTo"] = round_to
     elif rule == "latency":
-        entries = [_base_entry(layer, _bias_params(layer, constants)) if candidate is None
+        entries = [_base_entry(layer, bias_size(layer, constants)) if candidate is None
                    else _plan_layer(candidate, "vbmf", None, strength, round_to, force)
                    for layer, candidate in zip(layers, candidates)]
         structures = choose_structures(entries, candidates, table, force)
@@ -550,7 +551,7 @@ def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = Non
     elif rule == "vbmf" and improved and relax_rounding and round_to:
         # EVBMF's ranks aligned to the target's block without giving up compression: the unrounded plan's
         # MACs are the budget the aligned ranks must stay within (align_within_macs).
-        entries = [_base_entry(layer, _bias_params(layer, constants)) if candidate is None
+        entries = [_base_entry(layer, bias_size(layer, constants)) if candidate is None
                    else _plan_layer(candidate, rule, ratio, strength, None, force, floor)
                    for layer, candidate in zip(layers, candidates)]
         entries = select_layers(entries, candidates, constants, metrics)
@@ -560,7 +561,7 @@ def make_plan(model: onnx.ModelProto, input_shape: Optional[Sequence[int]] = Non
         entries = []
         for layer, candidate in zip(layers, candidates):
             if candidate is None:
-                entries.append(_base_entry(layer, _bias_params(layer, constants)))
+                entries.append(_base_entry(layer, bias_size(layer, constants)))
             else:
                 entries.append(_plan_layer(candidate, rule, ratio, strength, round_to, force, floor))
         if improved:
@@ -621,7 +622,7 @@ def alternative_structures(model: onnx.ModelProto, entry: LayerPlan, round_to: O
     layer = next((candidate for candidate in find_layers(model) if candidate.name == entry.name), None)
     if layer is None:
         return []
-    bias_params = _bias_params(layer, constant_tensors(model))
+    bias_params = bias_size(layer, constant_tensors(model))
     structures = []
     for kind in ALTERNATIVE_KINDS:
         (bound,) = rank_bounds(kind, layer)
@@ -733,7 +734,7 @@ def _budget_entries(layers, candidates, constants, metrics, target_macs, target_
     entries = []
     for layer, candidate in zip(layers, candidates):
         if candidate is None:
-            entries.append(_base_entry(layer, _bias_params(layer, constants)))
+            entries.append(_base_entry(layer, bias_size(layer, constants)))
             continue
         entry = _base_entry(layer, candidate.bias_params)
         entry.evbmf = candidate.evbmf

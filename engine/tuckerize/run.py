@@ -159,21 +159,29 @@ def run_job(job_path: str, emit: Optional[Emit] = None) -> int:
     return EXIT_OK
 
 
-def _allocate(job: dict, original, plan, samples: int, stages: _Stages):
-    """Method 'improved' with images (rules vbmf and budget): the plan's ranks re-allocated by the layers'
-    response energy within its MACs (allocate.py); the paper's method and the other rules keep theirs."""
-    if not samples or plan.options.get("method") != "improved" or plan.rule not in ("vbmf", "budget") \
-            or not plan.rewritten():
-        return plan
+def _calibration_set(job: dict, original, samples: int):
+    """A loader of the job's calibration images and held-out set (calibrate.calibration_data): the dataset
+    is read on first use and kept for the allocation, the calibration and its held-out check."""
+    loaded: list = []
+
+    def load():
+        if not loaded:
+            from .calibrate import calibration_data
+            from .finetune import model_input_shape
+            with input_errors("invalid_dataset"):
+                shape = model_input_shape(original, job["options"].get("inputShape"))
+                loaded.append(calibration_data(job, shape, samples))
+        return loaded[0]
+    return load
+
+
+def _allocate(original, plan, images, layers, stages: _Stages):
+    """The plan's ranks re-allocated by the layers' response energy within its MACs and weights
+    (allocate.py), for plans that allocate.applies to."""
     from .allocate import allocate_by_energy
-    from .calibrate import calibration_images
-    from .finetune import model_input_shape
 
     start = time.perf_counter()
-    with input_errors("invalid_dataset"):
-        images = calibration_images(job["dataset"], model_input_shape(original, job["options"].get("inputShape")),
-                                    samples, int(job["seed"]))
-    allocated = allocate_by_energy(original, plan, images, plan.options.get("roundTo"))
+    allocated = allocate_by_energy(original, plan, images, plan.options.get("roundTo"), layers=layers)
     moved = sum(1 for a, b in zip(plan.layers, allocated.layers) if a.ranks != b.ranks)
     stages.log(f"ranks re-allocated by response energy on {len(images)} images within the plan's MACs "
                f"({plan.totals['macs']['ratio']:.4f} → {allocated.totals['macs']['ratio']:.4f} of the original): "
@@ -184,6 +192,7 @@ def _allocate(job: dict, original, plan, samples: int, stages: _Stages):
 def _pipeline(job: dict, stages: _Stages) -> None:
     import torch
 
+    from .allocate import applies as allocation_applies
     from .metrics import graph_metrics
     from .onnx_graph import check_structure, default_opset, find_layers, infer_shapes, load_model, real_inputs
     from .plan import make_plan
@@ -213,6 +222,7 @@ def _pipeline(job: dict, stages: _Stages) -> None:
     key = _checkpoint_key(model_sha, options, latency_table)
     checkpoint = _load_checkpoint(job["workDir"], key)
     samples = calibration_samples(options, bool(job.get("dataset")))
+    calibration_set = _calibration_set(job, original, samples)
     search = None
     if options.get("maxAccuracyDrop") is not None:
         # Accuracy-target mode: the plan is chosen by measuring candidates (search.py); its progress
@@ -233,7 +243,8 @@ def _pipeline(job: dict, stages: _Stages) -> None:
             plan = make_plan(
                 original, input_shape, **plan_kwargs(options, latency_table, "improved"), shapes=shapes, layers=layers,
                 progress=lambda done, total, name: stages.progress("plan", done, total, name))
-            plan = _allocate(job, original, plan, samples, stages)
+            if samples and allocation_applies(plan):
+                plan = _allocate(original, plan, calibration_set()[0], layers, stages)
         rewritten = plan.rewritten()
         with stages.stage("rewrite", len(rewritten)), input_errors("invalid_model"):
             result = rewrite(original, plan,
@@ -256,8 +267,9 @@ def _pipeline(job: dict, stages: _Stages) -> None:
         from .calibrate import calibrate_stage
         start = time.perf_counter()
         with input_errors("invalid_dataset"):
-            compressed, calibration = calibrate_stage(job, original, compressed, [e.name for e in plan.rewritten()],
-                                                      samples, stages.emit)
+            images, heldout = calibration_set()
+            compressed, calibration = calibrate_stage(original, compressed, [e.name for e in plan.rewritten()],
+                                                      images, heldout, stages.emit)
         stages.timings["calibrate"] = round(time.perf_counter() - start, 4)
     if options.get("finetune") is not None:
         atomic_write_bytes(os.path.join(job["outputDir"], "compressed-before-finetune.onnx"),

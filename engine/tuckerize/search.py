@@ -2,7 +2,8 @@
 
 The job gives the largest top-1 drop it accepts, in points on its held-out split. The search plans with
 rule 'budget' at a sequence of MACs targets, and scores each candidate the way the final model is made:
-rewrite, calibrate (calibrate.py), a brief fine-tune (CANDIDATE_STEPS steps, at most one epoch, with the
+ranks re-allocated by response energy (allocate.py, method 'improved'), rewrite, calibrate (calibrate.py),
+a brief fine-tune (CANDIDATE_STEPS steps, at most one epoch, with the
 job's fine-tuning options otherwise), then top-1 on the held-out split. The first target is the MACs
 fraction EVBMF's own ranks reach; then bisection on log(target) between MIN_TARGET and MAX_TARGET: a
 candidate within the limit moves the search to stronger compression, one outside it to weaker.
@@ -76,7 +77,9 @@ def accuracy_search(job: dict, original: onnx.ModelProto, input_shape, plan_opti
                     emit: Emit, shapes=None, layers=None) -> SearchResult:
     import torch
 
-    from .calibrate import calibrate
+    from .allocate import allocate_by_energy
+    from .allocate import applies as allocation_applies
+    from .calibrate import calibrate, choose_images
     from .finetune import evaluate_logits, model_input_shape, parse_options, predict, run_finetune_stage, training_data
     from .interpret import OnnxModule
     from .plan import make_plan
@@ -93,8 +96,7 @@ def accuracy_search(job: dict, original: onnx.ModelProto, input_shape, plan_opti
                                code="invalid_option", field="maxAccuracyDrop")
     device = torch.device("cpu")
     original_top1 = evaluate_logits(predict(OnnxModule(original), heldout.x, device), heldout.y, None)["top1"]
-    generator = torch.Generator().manual_seed(seed + 104729)
-    images = train_set.x[torch.randperm(len(train_set), generator=generator)[:calibration_samples].sort().values]
+    images = choose_images(train_set, calibration_samples, seed)
     steps_per_epoch = max(1, len(train_set) // min(finetune_raw.get("batchSize", 64), len(train_set)))
     brief = {k: v for k, v in finetune_raw.items() if k not in ("epochs", "steps", "evalEvery")}
     brief["steps"] = min(CANDIDATE_STEPS, steps_per_epoch)
@@ -111,6 +113,8 @@ def accuracy_search(job: dict, original: onnx.ModelProto, input_shape, plan_opti
         try:
             plan = make_plan(original, input_shape, **dict(plan_options, rule="budget", target_macs=target),
                              shapes=shapes, layers=layers)
+            if calibration_samples and allocation_applies(plan):
+                plan = allocate_by_energy(original, plan, images, plan.options.get("roundTo"), layers=layers)
         except EngineInputError as exc:
             record.update(error=str(exc), withinLimit=False)
             tried.append(record)

@@ -105,7 +105,9 @@ const clientFields = {
     .max(100, 'maxAccuracyDrop must be ≤ 100')
     .optional()
     .describe('accuracy-target mode: the most compressed model whose top-1 on the held-out split is at most this '
-      + 'many points below the original (rule vbmf; needs a labelled dataset); the report holds the trade-off curve'),
+      + 'many points below the original (rule vbmf; needs a labelled dataset). Each candidate MACs target is planned, '
+      + 're-allocated and calibrated as a vbmf job is, then briefly fine-tuned and scored; the report holds the '
+      + 'trade-off curve'),
 };
 
 const workerFields = {
