@@ -8,6 +8,8 @@
 //   DEMO_QUICK=1               200 fine-tuning steps of 32 images instead of one epoch (what the tests run)
 //   DEMO_MODEL=fmnist-resnet   the other reference net (default fmnist-vgg)
 //   DEMO_STEPS=N               fine-tuning steps (overrides the two above)
+//   DEMO_MAX_DROP=P            accuracy-target mode: the most compressed model within P points of top-1
+//                              (options.maxAccuracyDrop); the report's trade-off curve is printed
 //   DEMO_EVAL_IMAGES=N         test images the demo itself scores both models on (default all 10,000;
 //                              1,000 with DEMO_QUICK)
 //   DEMO_ADMIN_DATABASE_URL    a database to connect to for CREATE DATABASE (default postgres on 127.0.0.1)
@@ -37,6 +39,7 @@ const DemoEnvSchema = z.object({
   DEMO_EVAL_IMAGES: z.coerce.number().int().positive().optional(),
   // A MACs budget (after/before, e.g. 0.25 for exactly 4× fewer): the budget rule instead of EVBMF's own ranks.
   DEMO_TARGET_MACS: z.coerce.number().gt(0).lte(1).optional(),
+  DEMO_MAX_DROP: z.coerce.number().gt(0).lte(100).optional(),
   DEMO_ADMIN_DATABASE_URL: z.string().default('postgresql://postgres@127.0.0.1:5432/postgres'),
   REDIS_URL: z.string().default('redis://127.0.0.1:6379'),
 });
@@ -138,12 +141,13 @@ async function chooseModel(env: DemoEnv, rawEnv: NodeJS.ProcessEnv, dataDir: str
         // One epoch of distillation (plus cross-entropy on the labels) recovers most of the accuracy (the paper).
         options: {
           ...(env.DEMO_TARGET_MACS ? { rule: 'budget', targetMacs: env.DEMO_TARGET_MACS } : { rule: 'vbmf' }),
+          ...(env.DEMO_MAX_DROP ? { maxAccuracyDrop: env.DEMO_MAX_DROP } : {}),
           // Quick runs calibrate on 256 images instead of the default 1,024 (calibration time is linear in it).
           ...(quick ? { calibrationSamples: 256 } : {}),
           finetune: { distill: true, ...(steps ? { steps } : { epochs: 1 }), ...(quick ? { batchSize: 32 } : {}) },
         },
       },
-      note: `${env.DEMO_MODEL} (trained reference net), ${env.DEMO_TARGET_MACS ? `budget rule at ${env.DEMO_TARGET_MACS} of the MACs` : 'EVBMF ranks'}, fine-tuning ${steps ? `${steps} steps` : '1 epoch'} on Fashion-MNIST`,
+      note: `${env.DEMO_MODEL} (trained reference net), ${env.DEMO_TARGET_MACS ? `budget rule at ${env.DEMO_TARGET_MACS} of the MACs` : env.DEMO_MAX_DROP ? `the most compressed within ${env.DEMO_MAX_DROP} points of top-1` : 'EVBMF ranks'}, fine-tuning ${steps ? `${steps} steps` : '1 epoch'} on Fashion-MNIST`,
       fashionMnist: true,
     };
   }

@@ -107,6 +107,15 @@ export function formatTable1(report: Json): string {
   const search = rec(report.search);
   if (typeof search.message === 'string') {
     lines.push(`accuracy target (≤ ${String(search.maxAccuracyDrop)} points): ${search.met ? 'met' : 'NOT met'}: ${search.message}`);
+    // The trade-off curve: every candidate tried, after its brief fine-tune, on the job's held-out split.
+    for (const point of Array.isArray(report.tradeoff) ? report.tradeoff.map(rec) : []) {
+      const ratio = num(point.macsRatio);
+      lines.push(
+        `  candidate ${String(point.candidate)}: ${ratio ? (1 / ratio).toFixed(2) : '?'}× fewer MACs, top-1 ` +
+          `${pct(num(point.accuracy))} (${fixed(num(point.drop), 2)} points below), ` +
+          `${point.withinLimit ? 'within' : 'outside'} the limit`,
+      );
+    }
   }
   const ft = rec(report.finetune);
   if (num(ft.steps) !== null) {
