@@ -123,11 +123,17 @@ describe('demo Table 1 with calibration and an accuracy target', () => {
       accuracy: { labels: true, samples: 2000, original: { top1: 0.95 }, compressed: { top1: 0.87 }, finetuned: { top1: 0.948 } },
       calibration: { samples: 1024, heldout: { withoutCalibration: { top1: 0.153 }, withCalibration: { top1: 0.87 } } },
       search: { maxAccuracyDrop: 0.5, met: true, message: 'candidate 2: 4.10× fewer MACs, top-1 94.80 %' },
+      tradeoff: [
+        { candidate: 2, macsRatio: 0.2439, accuracy: 0.948, drop: 0.2, withinLimit: true },
+        { candidate: 1, macsRatio: 0.1953, accuracy: 0.941, drop: 0.9, withinLimit: false },
+      ],
     };
     const t1 = formatTable1(report);
     assert.match(t1, /compressed \(rewrite only\)\s+500\.0 k\s+15\.00 M\s+15\.30 %/);
     assert.match(t1, /compressed \+ calibrated\s+500\.0 k\s+15\.00 M\s+87\.00 %/);
     assert.match(t1, /method: improved; 1 layer\(s\) kept by layer selection .*calibrated on 1024 training images/);
     assert.match(t1, /accuracy target \(≤ 0\.5 points\): met: candidate 2/);
+    assert.match(t1, /candidate 2: 4\.10× fewer MACs, top-1 94\.80 % \(0\.20 points below\), within the limit/);
+    assert.match(t1, /candidate 1: 5\.12× fewer MACs, top-1 94\.10 % \(0\.90 points below\), outside the limit/);
   });
 });
