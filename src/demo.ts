@@ -173,7 +173,9 @@ function progressPrinter(print: (line: string) => void): (message: SseMessage) =
     const p = rec(message.data);
     const stage = String(p.stage ?? '');
     const percent = num(p.percent) ?? 0;
-    if (stage === lastStage && percent - lastPercent < 5) return;
+    // Accuracy-target mode: each measured candidate is news, however little the percentage moves.
+    const candidate = typeof p.message === 'string' && /^candidate \d+: .* (within|outside) the limit$/.test(p.message);
+    if (stage === lastStage && percent - lastPercent < 5 && !candidate) return;
     lastStage = stage;
     lastPercent = percent;
     const detail = typeof p.message === 'string' ? `  ${p.message}` : '';
