@@ -86,6 +86,18 @@ def test_accuracy_target_returns_the_most_compressed_candidate_within_the_limit_
     assert plan["rule"] == "budget" and plan["options"]["allocation"]["images"] == 32
 
 
+def test_a_job_with_fine_tuning_starts_it_from_the_calibrated_candidate(tmp_path):
+    """The brief fine-tune only scores candidates: the job's own steps start from the chosen candidate's
+    calibrated weights, so the returned model had exactly the fine-tuning the job asked for."""
+    code, events, report = _run_job(tmp_path, {"maxAccuracyDrop": 60, "calibrationSamples": 32,
+                                               "finetune": {"steps": 3}})
+    assert code == 0, events[-3:]
+    search = report["search"]
+    chosen = next(c for c in search["candidates"] if c["candidate"] == search["chosen"])
+    assert report["finetune"]["steps"] == 3
+    assert report["accuracy"]["compressed"]["top1"] == pytest.approx(chosen["accuracyBeforeFinetune"])
+
+
 def test_accuracy_target_says_so_when_no_candidate_meets_the_limit(tmp_path):
     # The labels are the original's own predictions (top-1 100 %); a brief fine-tune at a learning rate of
     # 5 moves every candidate off them, so none stays within 0.01 points.

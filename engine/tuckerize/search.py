@@ -11,6 +11,11 @@ candidate within the limit moves the search to stronger compression, one outside
 The result is the most compressed candidate within the limit. When none is, the search says so
 (`met: false`) and returns the most accurate candidate, never a silent pass. Every candidate tried is
 in the trade-off curve of the report (`tradeoff`), and each one sends a progress event.
+
+The brief fine-tune only scores a candidate: a job with fine-tuning options fine-tunes the chosen candidate
+from its calibrated weights, so the model it returns has had exactly the fine-tuning the job asked for.
+A brief fine-tune ends further from the original than the job's epoch does (fmnist-vgg at 5.07× fewer MACs:
+−0.90 points after 200 steps, about −0.77 after the epoch), so the search errs towards less compression.
 """
 from __future__ import annotations
 
@@ -35,7 +40,8 @@ MAX_TARGET = 0.9
 @dataclass
 class SearchResult:
     plan: object
-    model: onnx.ModelProto          # the chosen candidate after calibration and its brief fine-tune
+    model: onnx.ModelProto          # the chosen candidate: calibrated, and briefly fine-tuned only for a job
+                                    # without fine-tuning of its own (a job's epoch starts from calibration)
     rewritten: onnx.ModelProto      # the same candidate's rewrite alone (what fidelity checks judge)
     section: dict                   # the report's `search` section (limit, met, chosen, candidates)
     tradeoff: list[dict]
@@ -144,7 +150,9 @@ def accuracy_search(job: dict, original: onnx.ModelProto, input_shape, plan_opti
         tried.append(record)
         emit(_candidate_event(index, record))
         if best is None or _better(record, best[0]):
-            best = (record, plan, tuned, result.model)
+            # The job's own fine-tuning starts from the calibrated candidate, so the returned model has had
+            # exactly the fine-tuning the job asked for; the brief fine-tune only scored it.
+            best = (record, plan, model if options.get("finetune") is not None else tuned, result.model)
         target = next_target(tried)
         if target is None:
             break
