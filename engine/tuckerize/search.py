@@ -167,7 +167,8 @@ def accuracy_search(job: dict, original: onnx.ModelProto, input_shape, plan_opti
                "chosen": record["candidate"], "candidateSteps": brief["steps"],
                "calibrationSamples": calibration_samples, "candidates": tried,
                "message": (f"candidate {record['candidate']}: {1 / record['macsRatio']:.2f}× fewer MACs, top-1 "
-                           f"{100 * record['accuracy']:.2f} % ({record['drop']:+.2f} points below the original"
+                           f"{100 * record['accuracy']:.2f} % after {brief['steps']} scoring steps ({abs(record['drop']):.2f} points "
+                           f"{'below' if record['drop'] >= 0 else 'above'} the original"
                            f"{'' if met else f'; no candidate stayed within {limit:g} points, this is the most accurate one'})")}
     tradeoff = sorted(({k: c.get(k) for k in ("macsRatio", "accuracy", "drop", "withinLimit", "targetMacs",
                                                   "paramsRatio", "accuracyBeforeFinetune", "candidate")}
@@ -188,8 +189,9 @@ def _candidate_event(index: int, record: dict) -> dict:
     if "error" in record:
         message = f"candidate {index + 1}: MACs target {record['targetMacs']:.3f}: no plan ({record['error'][:120]})"
     else:
+        side = "below" if record["drop"] >= 0 else "above"
         message = (f"candidate {index + 1}: {1 / record['macsRatio']:.2f}× fewer MACs, top-1 "
-                   f"{100 * record['accuracy']:.2f} % ({record['drop']:+.2f} points), "
+                   f"{100 * record['accuracy']:.2f} % ({abs(record['drop']):.2f} points {side} the original), "
                    f"{'within' if record['withinLimit'] else 'outside'} the limit")
     return {"event": "progress", "stage": "plan", "done": index + 1, "total": CANDIDATES, "message": message,
             "candidate": record}
