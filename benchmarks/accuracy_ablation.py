@@ -271,9 +271,10 @@ def render(records: list[dict], command: str) -> str:
             runs = groups.get((net, config))
             if not runs:
                 continue
-            # Runs stopped before fine-tuning (epochs 0) add to the "before" column only.
+            # Runs stopped before fine-tuning (epochs 0) add to the "before" column only, and only where no
+            # fine-tuned run of the row exists (a seed's two runs would count its start twice).
             tuned = [r for r in runs if r.get("finetuned")]
-            before = [r["beforeFinetune"]["top1"] for r in runs]
+            before = [r["beforeFinetune"]["top1"] for r in (tuned or runs)]
             quarter = [r["quarter"]["top1"] for r in tuned if r.get("quarter")]
             after = [r["finetuned"]["top1"] for r in tuned]
             label = _label(config)
