@@ -399,4 +399,20 @@ describe('pure parts', () => {
     const larger = estimateJob({ model, dataset: null, options: { inputShape: [1, 3, 448, 448] } }, 1e9);
     assert.equal(larger.macsPerSample, 1_200_000_000);
   });
+
+  test("accuracy-target mode counts its candidates' brief fine-tunes and held-out checks", () => {
+    const model = { inputs: [{ dims: ['N', 1, 28, 28] }], params: 1_000_000, macs: 50_000_000, bytes: 4_000_000 };
+    const options = { finetune: { epochs: 1 } };
+    const plain = estimateJob({ model, dataset: 'builtin', options }, 1e9);
+    const search = estimateJob({ model, dataset: 'builtin', options: { ...options, maxAccuracyDrop: 0.5 } }, 1e9);
+    // Five candidates of 200 steps at batch 64 (4 passes per sample), each scored three times on 2,000 images.
+    const extra = 5 * (4 * 200 * 64 + 3 * 2000) * 50_000_000;
+    assert.equal(search.computeSeconds - plain.computeSeconds, Math.ceil(extra / 1e9));
+    // A training part smaller than 200 batches: each candidate gets at most one epoch.
+    const small = { format: 'npz', info: { count: 1000, shape: [1000, 1, 28, 28] } };
+    const few = estimateJob({ model, dataset: small, options: { ...options, maxAccuracyDrop: 0.5 } }, 1e9);
+    const fewPlain = estimateJob({ model, dataset: small, options }, 1e9);
+    const perEpoch = Math.floor(900 / 64);
+    assert.equal(few.computeSeconds - fewPlain.computeSeconds, Math.ceil((5 * (4 * perEpoch * 64 + 3 * 100) * 50_000_000) / 1e9));
+  });
 });

@@ -33,6 +33,12 @@ const MACS_PER_PARAM_PIXEL = 0.15;
 const EVAL_BATCH = 256;
 const DEFAULT_EVAL_SAMPLES = 2000;
 const DEFAULT_BATCH_SIZE = 64;
+/**
+ * Accuracy-target mode (options.maxAccuracyDrop, engine/tuckerize/search.py): up to this many candidates,
+ * each briefly fine-tuned for at most this many steps (one epoch at most) and scored on the held-out split.
+ */
+const SEARCH_CANDIDATES = 5;
+const SEARCH_CANDIDATE_STEPS = 200;
 /** A .zip dataset is decoded in batches; decoded images are cached up to this (engine/tuckerize/data.py). */
 export const ZIP_DECODE_CACHE_BYTES = 256 * MB;
 /** The built-in Fashion-MNIST: train and test splits held as float32. */
@@ -62,7 +68,7 @@ export interface EstimateInput {
   model: { inputs: unknown; params: bigint | number | null; macs: bigint | number | null; bytes: bigint | number };
   /** null: no dataset; 'builtin' for the built-in Fashion-MNIST */
   dataset: { format: string; info: unknown } | 'builtin' | null;
-  options: { inputShape?: number[]; finetune?: FinetuneOptions };
+  options: { inputShape?: number[]; finetune?: FinetuneOptions; maxAccuracyDrop?: number };
 }
 
 export interface JobEstimate {
@@ -172,7 +178,15 @@ export function estimateJob(input: EstimateInput, macsPerSecond: number): JobEst
   const weightBytes = Math.max(params * FLOAT32, Number(input.model.bytes)) * WEIGHT_COPIES;
   // Evaluations: original and compressed before training, the student after each epoch and at the end.
   const evalPasses = input.dataset === null ? 0 : 2 + (finetune ? epochs + 1 : 0);
-  const passes = PASSES_PER_TRAINING_SAMPLE * steps * batchSize + evalPasses * evalSamples;
+  // Accuracy-target mode: each candidate's brief fine-tune and its held-out check come before the job's own.
+  let searchPasses = 0;
+  if (input.options.maxAccuracyDrop !== undefined && input.dataset !== null) {
+    const searchBatch = Math.max(1, Math.min(finetune?.batchSize ?? DEFAULT_BATCH_SIZE, trainSamples));
+    const searchSteps = Math.min(SEARCH_CANDIDATE_STEPS, Math.max(1, Math.floor(trainSamples / searchBatch)));
+    // Per candidate the fine-tuning stage scores the original, the candidate and the tuned candidate.
+    searchPasses = SEARCH_CANDIDATES * (PASSES_PER_TRAINING_SAMPLE * searchSteps * searchBatch + 3 * evalSamples);
+  }
+  const passes = PASSES_PER_TRAINING_SAMPLE * steps * batchSize + evalPasses * evalSamples + searchPasses;
   return {
     memoryMb: Math.ceil((datasetBytes + weightBytes + activationBytes) / MB),
     computeSeconds: Math.ceil((passes * macs) / macsPerSecond),
