@@ -420,10 +420,7 @@ def choose_images(train_set, samples: int, seed: int) -> torch.Tensor:
 def calibration_images(spec: str, input_shape: list, samples: int, seed: int) -> torch.Tensor:
     """`samples` images drawn (seeded) from the dataset's training part under the default fine-tuning
     options: never the held-out split (benchmarks and tests; a job uses `calibration_data`)."""
-    from .finetune import parse_options, training_data
-
-    train_set, _ = training_data(spec, input_shape, seed, parse_options({}))
-    return choose_images(train_set, samples, seed)
+    return calibration_data({"dataset": spec, "seed": seed, "options": {}}, input_shape, samples)[0]
 
 
 def calibration_data(job: dict, input_shape: list, samples: int):

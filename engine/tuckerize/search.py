@@ -167,8 +167,8 @@ def accuracy_search(job: dict, original: onnx.ModelProto, input_shape, plan_opti
                "chosen": record["candidate"], "candidateSteps": brief["steps"],
                "calibrationSamples": calibration_samples, "candidates": tried,
                "message": (f"candidate {record['candidate']}: {1 / record['macsRatio']:.2f}× fewer MACs, top-1 "
-                           f"{100 * record['accuracy']:.2f} % after {brief['steps']} scoring steps ({abs(record['drop']):.2f} points "
-                           f"{'below' if record['drop'] >= 0 else 'above'} the original"
+                           f"{100 * record['accuracy']:.2f} % after {brief['steps']} scoring steps "
+                           f"({_versus_original(record['drop'])}"
                            f"{'' if met else f'; no candidate stayed within {limit:g} points, this is the most accurate one'})")}
     tradeoff = sorted(({k: c.get(k) for k in ("macsRatio", "accuracy", "drop", "withinLimit", "targetMacs",
                                                   "paramsRatio", "accuracyBeforeFinetune", "candidate")}
@@ -185,13 +185,17 @@ def _better(record: dict, incumbent: dict) -> bool:
     return record["accuracy"] > incumbent["accuracy"]
 
 
+def _versus_original(drop: float) -> str:
+    """A drop in points as words: '0.90 points below the original' (a negative drop is above it)."""
+    return f"{abs(drop):.2f} points {'below' if drop >= 0 else 'above'} the original"
+
+
 def _candidate_event(index: int, record: dict) -> dict:
     if "error" in record:
         message = f"candidate {index + 1}: MACs target {record['targetMacs']:.3f}: no plan ({record['error'][:120]})"
     else:
-        side = "below" if record["drop"] >= 0 else "above"
         message = (f"candidate {index + 1}: {1 / record['macsRatio']:.2f}× fewer MACs, top-1 "
-                   f"{100 * record['accuracy']:.2f} % ({abs(record['drop']):.2f} points {side} the original), "
+                   f"{100 * record['accuracy']:.2f} % ({_versus_original(record['drop'])}), "
                    f"{'within' if record['withinLimit'] else 'outside'} the limit")
     return {"event": "progress", "stage": "plan", "done": index + 1, "total": CANDIDATES, "message": message,
             "candidate": record}

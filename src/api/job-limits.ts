@@ -157,15 +157,17 @@ export function estimateJob(input: EstimateInput, macsPerSecond: number): JobEst
   const heldOut = input.dataset === null ? 0 : isBuiltin ? BUILTIN_TEST : Math.max(1, Math.round(data.samples * 0.1));
   const evalSamples = Math.min(finetune?.evalSamples ?? DEFAULT_EVAL_SAMPLES, heldOut);
 
+  // The batch and steps per epoch of the job's fine-tuning, and of its accuracy search's brief ones.
+  const batch = Math.max(1, Math.min(finetune?.batchSize ?? DEFAULT_BATCH_SIZE, trainSamples));
+  const perEpoch = Math.max(1, Math.floor(trainSamples / batch));
   let steps = 0;
   let batchSize = 0;
   let epochs = 0;
   if (finetune) {
-    batchSize = Math.max(1, Math.min(finetune.batchSize ?? DEFAULT_BATCH_SIZE, trainSamples));
+    batchSize = batch;
     if (batchSize > MAX_BATCH_SIZE) {
       throw new UnprocessableError(`finetune.batchSize ${batchSize} exceeds ${MAX_BATCH_SIZE}; use a smaller batch`);
     }
-    const perEpoch = Math.max(1, Math.floor(trainSamples / batchSize));
     if (finetune.epochs !== undefined) steps = Math.min(finetune.epochs * perEpoch, finetune.steps ?? Number.POSITIVE_INFINITY);
     else steps = finetune.steps ?? perEpoch;
     epochs = Math.ceil(steps / perEpoch);
@@ -181,10 +183,9 @@ export function estimateJob(input: EstimateInput, macsPerSecond: number): JobEst
   // Accuracy-target mode: each candidate's brief fine-tune and its held-out check come before the job's own.
   let searchPasses = 0;
   if (input.options.maxAccuracyDrop !== undefined && input.dataset !== null) {
-    const searchBatch = Math.max(1, Math.min(finetune?.batchSize ?? DEFAULT_BATCH_SIZE, trainSamples));
-    const searchSteps = Math.min(SEARCH_CANDIDATE_STEPS, Math.max(1, Math.floor(trainSamples / searchBatch)));
     // Per candidate the fine-tuning stage scores the original, the candidate and the tuned candidate.
-    searchPasses = SEARCH_CANDIDATES * (PASSES_PER_TRAINING_SAMPLE * searchSteps * searchBatch + 3 * evalSamples);
+    const searchSteps = Math.min(SEARCH_CANDIDATE_STEPS, perEpoch);
+    searchPasses = SEARCH_CANDIDATES * (PASSES_PER_TRAINING_SAMPLE * searchSteps * batch + 3 * evalSamples);
   }
   const passes = PASSES_PER_TRAINING_SAMPLE * steps * batchSize + evalPasses * evalSamples + searchPasses;
   return {

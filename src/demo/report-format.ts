@@ -110,9 +110,11 @@ export function formatTable1(report: Json): string {
     // The trade-off curve: every candidate tried, after its brief fine-tune, on the job's held-out split.
     for (const point of Array.isArray(report.tradeoff) ? report.tradeoff.map(rec) : []) {
       const ratio = num(point.macsRatio);
+      const drop = num(point.drop);
+      const versus = drop === null ? '—' : `${Math.abs(drop).toFixed(2)} points ${drop >= 0 ? 'below' : 'above'}`;
       lines.push(
         `  candidate ${String(point.candidate)}: ${ratio ? (1 / ratio).toFixed(2) : '?'}× fewer MACs, top-1 ` +
-          `${pct(num(point.accuracy))} (${fixed(num(point.drop), 2)} points below), ` +
+          `${pct(num(point.accuracy))} (${versus}), ` +
           `${point.withinLimit ? 'within' : 'outside'} the limit`,
       );
     }
