@@ -173,8 +173,9 @@ export class FileStore implements ArtifactStore {
   async ingestStream(source: Readable, limitBytes = Number.POSITIVE_INFINITY): Promise<StoredObject> {
     const tmp = await this.tempPath();
     const meter = new HashingMeter(limitBytes);
+    const out = createWriteStream(tmp, { flags: 'wx' });
     try {
-      await pipeline(source, meter, createWriteStream(tmp, { flags: 'wx' }));
+      await pipeline(source, meter, out);
       if (wasTruncated(source)) throw new PayloadTooLargeError(limitBytes);
       await fsyncPath(tmp);
       const sha256 = meter.hash.digest('hex');
@@ -182,6 +183,9 @@ export class FileStore implements ArtifactStore {
       await this.commit(tmp, key, { replace: false });
       return { sha256, bytes: meter.bytes, key };
     } catch (err) {
+      // pipeline rejects at the first error, before the destroyed file stream has settled: one still
+      // opening (a body refused at once, e.g. over the size limit) would create the file after the rm.
+      if (!out.closed) await new Promise<void>((resolve) => out.once('close', () => resolve()));
       await rm(tmp, { force: true });
       throw err;
     }
